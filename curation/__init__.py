@@ -1,0 +1,1 @@
+"""Trace curation: schema, sources, checks, contracts, dedup, decontamination, mixing."""

@@ -1,0 +1,1 @@
+"""Generation engines, benchmarks, answer grading, the LLM judge and metrics."""

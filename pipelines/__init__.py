@@ -1,0 +1,1 @@
+"""Thin DVC stage scripts, MLflow tracking helpers, lineage audit and the CLI."""

@@ -1,0 +1,73 @@
+"""MLflow tracking helpers. All MLflow calls of the project live in pipelines/.
+
+The store defaults to a local SQLite file inside the project (params ``tracking.uri``);
+``MLFLOW_TRACKING_URI`` in the environment wins, so a team ``mlflow server`` is honoured.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def tracking_uri(params: dict) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    uri = (params.get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Anchor the relative SQLite path at the project root, whatever the working directory.
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def configure(params: dict):
+    """Point MLflow at the configured store and experiment; return the mlflow module."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    experiment = (params.get("tracking") or {}).get("experiment", "mixdistill")
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(experiment) is None:
+        # Keep artifacts next to the SQLite store rather than in the working directory.
+        root = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+        mlflow.create_experiment(experiment, artifact_location=root.resolve().as_uri())
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def dvc_stage_hashes(stage_prefix: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """md5 hashes of the outputs of the stages whose name starts with ``stage_prefix`` in dvc.lock
+    (as of the last completed repro)."""
+    import yaml
+
+    lock_path = Path(lock_path)
+    if not lock_path.exists():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    out = {}
+    for stage, info in (lock.get("stages") or {}).items():
+        if stage.startswith(stage_prefix):
+            for o in info.get("outs") or []:
+                out[f"{stage}:{o['path']}"] = o.get("md5", "")
+    return out
+
+
+@contextmanager
+def run(params: dict, name: str, tags: dict | None = None, run_id: str | None = None):
+    """Start (or resume, given ``run_id``) a run tagged with the git commit."""
+    mlflow = configure(params)
+    all_tags = {"mixdistill.git_commit": git_commit() or "unknown", **(tags or {})}
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
+        mlflow.set_tags(all_tags)
+        yield active

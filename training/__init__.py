@@ -1,0 +1,1 @@
+"""Student loading, SFT data preparation and trainer setup."""
