@@ -1,0 +1,212 @@
+"""Exact-ratio mixes of curated sources, with a manifest recording where every row came from.
+
+Shares are shares of the *final* mix (not "fraction of each source kept", open-r1's old
+meaning of weight). With ``size`` the counts are apportioned by largest remainder, so they add
+up to exactly ``size``; with ``token_budget`` shares are shares of student tokens. Sampling is
+seeded and deterministic; a component never repeats a row unless the mix sets ``oversample``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from curation.schema import TRACE_COLUMNS, file_digest, frame_digest
+
+MIX_ROW_COLUMNS = TRACE_COLUMNS + ["response_tokens", "sequence_tokens", "component", "draw"]
+
+
+class MixError(ValueError):
+    """A mix cannot be built as configured (unknown source, too few rows, failed contract...)."""
+
+
+class MixIntegrityError(RuntimeError):
+    """A mix on disk does not match its manifest, or was built from a source whose contract failed."""
+
+
+@dataclass
+class CuratedSource:
+    name: str
+    kept: pl.DataFrame
+    kept_digest: str
+    contract_success: bool
+    report: dict
+
+
+def load_curated(curated_root: str | Path, name: str) -> CuratedSource:
+    d = Path(curated_root) / name
+    kept, report = d / "kept.parquet", d / "report.json"
+    if not kept.exists() or not report.exists():
+        raise MixError(f"{d}: curated source '{name}' not found (kept.parquet / report.json); "
+                       "run its curate stage")
+    rep = json.loads(report.read_text())
+    return CuratedSource(name=name, kept=pl.read_parquet(kept), kept_digest=file_digest(kept),
+                         contract_success=bool(rep.get("contract", {}).get("success", False)), report=rep)
+
+
+def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """Integer counts summing to ``total`` with the smallest deviation from the shares
+    (largest-remainder method; ties broken by name so the result is deterministic)."""
+    raw = {k: total * s for k, s in shares.items()}
+    counts = {k: math.floor(v) for k, v in raw.items()}
+    left = total - sum(counts.values())
+    for k in sorted(raw, key=lambda k: (-(raw[k] - counts[k]), k))[:left]:
+        counts[k] += 1
+    return counts
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def _draw(pool: pl.DataFrame, rng: random.Random, n: int | None, token_budget: int | None,
+          oversample: bool, where: str) -> tuple[list[int], list[int]]:
+    """Row indexes drawn from ``pool`` (and the pass number of each draw): a seeded permutation,
+    cycled with a fresh permutation per pass only when oversampling is allowed."""
+    size = pool.height
+    if size == 0:
+        raise MixError(f"{where}: its curated sources kept no rows")
+    tokens = pool["sequence_tokens"].to_list()
+    picked, passes = [], []
+    used_tokens, pass_no = 0, 0
+    while True:
+        order = list(range(size))
+        rng.shuffle(order)
+        for i in order:
+            if n is not None and len(picked) >= n:
+                return picked, passes
+            if token_budget is not None and used_tokens + tokens[i] > token_budget:
+                return picked, passes
+            picked.append(i)
+            passes.append(pass_no)
+            used_tokens += tokens[i]
+        pass_no += 1
+        if not oversample:
+            need = f"{n} rows" if n is not None else f"{token_budget} tokens"
+            have = f"{size} rows" if n is not None else f"{used_tokens} tokens"
+            raise MixError(f"{where}: needs {need} but its curated sources kept only {have}; "
+                           "lower the mix size / token_budget, or set oversample: true")
+
+
+def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSource], seed: int) -> tuple[pl.DataFrame, dict]:
+    """Rows of one mix and its manifest (without the rows digest, added when written)."""
+    for name, src in sources.items():
+        if not src.contract_success:
+            raise MixError(f"mix '{mix.name}': curated source '{name}' failed its contract; "
+                           "fix the source or its curate params before mixing")
+    if mix.size is not None:
+        targets = apportion(mix.size, mix.components)
+    else:
+        targets = apportion(mix.token_budget, mix.components)
+    parts, requested, achieved = [], {}, {}
+    for comp in sorted(mix.components):
+        members = groups.get(comp, [comp])
+        pool = pl.concat([sources[m].kept for m in members], how="diagonal_relaxed").sort("trace_id")
+        rng = random.Random(_seed(seed, mix.name, comp))
+        where = f"mix '{mix.name}': component '{comp}' (sources {members})"
+        if mix.size is not None:
+            idx, passes = _draw(pool, rng, targets[comp], None, mix.oversample, where)
+        else:
+            idx, passes = _draw(pool, rng, None, targets[comp], mix.oversample, where)
+        part = pool[idx].with_columns(pl.lit(comp).alias("component"), pl.Series("draw", passes, dtype=pl.Int64))
+        parts.append(part)
+        requested[comp] = {"share": mix.components[comp], "sources": members,
+                           ("count" if mix.size is not None else "tokens"): targets[comp]}
+    rows = pl.concat(parts, how="diagonal_relaxed").select(MIX_ROW_COLUMNS)
+    # Shuffle the whole mix so training batches interleave components.
+    order = list(range(rows.height))
+    random.Random(_seed(seed, mix.name, "order")).shuffle(order)
+    rows = rows[order]
+    total_tokens = int(rows["sequence_tokens"].sum()) if rows.height else 0
+    for comp in sorted(mix.components):
+        sub = rows.filter(pl.col("component") == comp)
+        toks = int(sub["sequence_tokens"].sum()) if sub.height else 0
+        achieved[comp] = {"count": sub.height, "share": round(sub.height / rows.height, 6),
+                          "tokens": toks, "token_share": round(toks / total_tokens, 6) if total_tokens else 0.0,
+                          "repeated_rows": int((sub["draw"] > 0).sum())}
+    used = sorted({m for comp in mix.components for m in groups.get(comp, [comp])})
+    manifest = {
+        "mix": mix.name, "seed": seed, "mode": "size" if mix.size is not None else "token_budget",
+        "size": mix.size, "token_budget": mix.token_budget, "oversample": mix.oversample,
+        "shares": dict(mix.components), "requested": requested, "achieved": achieved,
+        "n_rows": rows.height, "token_total": total_tokens,
+        "sources": {m: {"kept_digest": sources[m].kept_digest, "kept_rows": sources[m].kept.height,
+                        "contract_success": sources[m].contract_success,
+                        "rejected_by_reason": sources[m].report.get("rejected_by_reason", {})}
+                    for m in used},
+        "rows": [[t, s, c] for t, s, c in zip(rows["trace_id"].to_list(), rows["source"].to_list(),
+                                              rows["component"].to_list())],
+    }
+    return rows, manifest
+
+
+def chat_messages(problem: str, response: str) -> list[dict]:
+    from training.data import build_prompt
+
+    return [{"role": "user", "content": build_prompt(problem)}, {"role": "assistant", "content": response}]
+
+
+def write_mix(rows: pl.DataFrame, manifest: dict, out: Path) -> dict:
+    """Write rows (Parquet + HF datasets), manifest, and the LLaMA-Factory / TRL exports into ``out``."""
+    import datasets
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows.write_parquet(out / "rows.parquet")
+    manifest = {**manifest, "rows_file": "rows.parquet", "rows_digest": frame_digest(rows, MIX_ROW_COLUMNS)}
+    messages = [chat_messages(p, r) for p, r in zip(rows["problem"].to_list(), rows["response"].to_list())]
+    with open(out / "messages.jsonl", "w", encoding="utf-8") as f:
+        for tid, msgs in zip(rows["trace_id"].to_list(), messages):
+            f.write(json.dumps({"trace_id": tid, "messages": msgs}, ensure_ascii=False) + "\n")
+    ds = datasets.Dataset.from_dict({"trace_id": rows["trace_id"].to_list(), "messages": messages,
+                                     "component": rows["component"].to_list(),
+                                     "source": rows["source"].to_list()})
+    ds.save_to_disk(str(out / "hf_dataset"))
+    lf = out / "llamafactory"
+    lf.mkdir()
+    name = manifest["mix"]
+    alpaca = [{"instruction": m[0]["content"], "input": "", "output": m[1]["content"]} for m in messages]
+    (lf / f"{name}.json").write_text(json.dumps(alpaca, ensure_ascii=False, indent=1), encoding="utf-8")
+    info = {name: {"file_name": f"{name}.json",
+                   "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
+    (lf / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    return manifest
+
+
+def verify_mix_dir(path: str | Path, curated_root: str | Path | None = None) -> dict:
+    """Check a mix folder before anyone trains on it; return its manifest.
+
+    Raises MixIntegrityError when the rows on disk no longer match the manifest, when a source's
+    contract had failed, or (given ``curated_root``) when a curated source changed since mixing."""
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.exists():
+        raise MixIntegrityError(f"{mf}: missing; run the mix stage")
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    rows_path = path / manifest.get("rows_file", "rows.parquet")
+    if not rows_path.exists():
+        raise MixIntegrityError(f"{rows_path}: missing rows for mix '{manifest.get('mix')}'")
+    rows = pl.read_parquet(rows_path)
+    digest = frame_digest(rows, MIX_ROW_COLUMNS) if set(MIX_ROW_COLUMNS) <= set(rows.columns) else None
+    if digest != manifest.get("rows_digest") or rows.height != manifest.get("n_rows"):
+        raise MixIntegrityError(f"{rows_path}: rows do not match the manifest of mix '{manifest.get('mix')}' "
+                                f"(digest {digest} vs {manifest.get('rows_digest')}, rows {rows.height} vs "
+                                f"{manifest.get('n_rows')})")
+    listed = [tuple(r) for r in manifest.get("rows", [])]
+    actual = list(zip(rows["trace_id"].to_list(), rows["source"].to_list(), rows["component"].to_list()))
+    if listed != actual:
+        raise MixIntegrityError(f"{mf}: per-row lineage does not match {rows_path}")
+    for name, info in manifest.get("sources", {}).items():
+        if not info.get("contract_success"):
+            raise MixIntegrityError(f"mix '{manifest['mix']}': source '{name}' failed its contract")
+        if curated_root is not None:
+            kept = Path(curated_root) / name / "kept.parquet"
+            if kept.exists() and file_digest(kept) != info.get("kept_digest"):
+                raise MixIntegrityError(f"{kept}: changed since mix '{manifest['mix']}' was built "
+                                        "(re-run the mix stage)")
+    return manifest
