@@ -30,7 +30,7 @@ TRACE_SCHEMA: dict[str, pl.DataType] = {
 TRACE_COLUMNS = list(TRACE_SCHEMA)
 REQUIRED_TEXT = ("problem_id", "problem", "reference_answer", "response", "teacher")
 STYLES = ("long", "short")
-TEACHER_SIZES = ("large", "small")
+TEACHER_SIZES = ("large", "small", "human")
 FINISH_REASONS = ("stop", "length", "unknown")
 
 

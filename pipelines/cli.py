@@ -1,0 +1,71 @@
+"""`mixdistill` command line: the DVC stages by name, plus tools (grade, ...).
+
+    mixdistill grade responses.jsonl graded.jsonl     # same grading code the curation check uses
+    mixdistill curate --source champ_gpt4              # one stage by hand (dvc repro runs them all)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+STAGES = {
+    "problems": "pipelines.problems",
+    "traces": "pipelines.traces",
+    "curate": "pipelines.curate",
+    "mix": "pipelines.mix",
+    "student": "pipelines.student",
+    "train": "pipelines.train",
+    "eval": "pipelines.eval",
+    "report": "pipelines.report",
+}
+
+
+def _grade(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="mixdistill grade",
+                                 description="Grade a JSONL of responses against references; write each line "
+                                             "back with extracted_answer, correct and grade_method.")
+    ap.add_argument("input")
+    ap.add_argument("output")
+    ap.add_argument("--response-field", default="response")
+    ap.add_argument("--reference-field", default="reference")
+    ap.add_argument("--timeout", type=float, default=5.0, help="hard per-pair deadline (s) for math-verify")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    from evaluation.grading import GradingInputError, grade_file
+
+    try:
+        summary = grade_file(args.input, args.output, timeout_s=args.timeout, workers=args.workers,
+                             response_field=args.response_field, reference_field=args.reference_field)
+    except GradingInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+TOOLS = {"grade": _grade}
+
+
+def _tool_help() -> str:
+    return ("stages: " + ", ".join(STAGES) + "\ntools: " + ", ".join(TOOLS) +
+            "\nRun `mixdistill COMMAND --help` for a command's options.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\n" + _tool_help())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd in TOOLS:
+        return TOOLS[cmd](rest)
+    if cmd in STAGES:
+        return importlib.import_module(STAGES[cmd]).main(rest) or 0
+    print(f"error: unknown command '{cmd}'\n{_tool_help()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
