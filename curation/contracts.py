@@ -258,17 +258,20 @@ def _fmt(value) -> str:
     if isinstance(value, float) and math.isnan(value):
         value = None  # pandas turns nulls in text columns into NaN
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return repr(round(value, 4))
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe_row(entry: dict) -> str:
-    values = ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k != ROW_ID)
-    return f"row {_fmt(entry[ROW_ID])}: {values}" if ROW_ID in entry else values
+def _describe_row(entry: dict, index_columns: list[str]) -> str:
+    """``row 3: trace_id='ab', sequence_tokens=5000``: identifiers first, then the checked values."""
+    ids = [k for k in index_columns if k in entry and k != ROW_ID]
+    values = [k for k in entry if k not in index_columns]
+    text = ", ".join(f"{k}={_fmt(entry[k])}" for k in ids + values)
+    return f"row {_fmt(entry[ROW_ID])}: {text}" if ROW_ID in entry else text
 
 
-def _failure_lines(label: str, suite, result, columns: set[str]) -> list[str]:
+def _failure_lines(label: str, suite, result, columns: set[str], index_columns: list[str]) -> list[str]:
     order = {e.id: i for i, e in enumerate(suite.expectations)}
     descriptions = {e.id: e.description for e in suite.expectations}
     lines = []
@@ -288,10 +291,13 @@ def _failure_lines(label: str, suite, result, columns: set[str]) -> list[str]:
         elif "unexpected_count" in res:
             shown = res.get("partial_unexpected_index_list") or \
                 [{"value": v} for v in res.get("partial_unexpected_list", [])]
-            rows = "; ".join(_describe_row(e) for e in shown[:MAX_SHOWN])
+            rows = "; ".join(_describe_row(e, index_columns) for e in shown[:MAX_SHOWN])
             more = res["unexpected_count"] - min(len(shown), MAX_SHOWN)
-            detail = (f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected: {rows}"
-                      + (f"; ... {more} more" if more > 0 else ""))
+            if ROW_ID in index_columns:
+                detail = (f"{res['unexpected_count']} of {res.get('element_count')} rows unexpected: "
+                          f"{rows}" + (f"; ... {more} more" if more > 0 else ""))
+            else:  # the one-row summary: its values are the whole story
+                detail = f"observed {rows}"
         else:
             detail = f"observed {_fmt(res.get('observed_value'))}"
         lines.append(f"{head} — {detail}")
@@ -339,8 +345,8 @@ def validate_curated(kept: pl.DataFrame, report: dict, curate_params, source_nam
     batch_suite, batch_result = _validate(ctx, f"{source_name}_summary",
                                           build_batch_suite(curate_params, source_name),
                                           summary, SUMMARY_INDEX)
-    failures = (_failure_lines("rows", row_suite, row_result, set(rows.columns))
-                + _failure_lines("batch", batch_suite, batch_result, set(summary.columns)))
+    failures = (_failure_lines("rows", row_suite, row_result, set(rows.columns), row_index)
+                + _failure_lines("batch", batch_suite, batch_result, set(summary.columns), SUMMARY_INDEX))
     by_suite = {"rows": dict(row_result.statistics), "batch": dict(batch_result.statistics)}
     keys = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations")
     statistics = {k: sum(int(s[k]) for s in by_suite.values()) for k in keys}

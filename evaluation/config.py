@@ -1,0 +1,100 @@
+"""Typed views of the ``eval:`` and ``report:`` sections of params.yaml.
+
+Errors name the key and say what was expected, like the other sections' parsers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from evaluation.engines import ENGINE_KINDS, SamplingConfig
+
+BENCHMARK_KINDS = ("champ_heldout", "hf", "file")
+
+
+class EvalParamsError(ValueError):
+    """An ``eval:`` / ``report:`` value is missing or wrong."""
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EvalParamsError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise EvalParamsError(f"{where}: {exc}") from exc
+
+
+@dataclass
+class GradingParams:
+    timeout_s: float = 5.0            # hard per-pair deadline for math-verify (it can hang)
+    workers: int = 2
+    max_answer_chars: int = 200       # extracted answer shown to the judge, at most
+
+
+@dataclass
+class EvalParams:
+    benchmarks: dict
+    # 24 problems x 192 new tokens keeps 7 models (6 mixes + base) within ~5 minutes on 2 CPU cores.
+    max_problems: int | None = 24
+    batch_size: int = 16              # CPU sweet spot: ~140 tok/s at 16 vs ~20 one at a time
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_tokens=192))
+    ks: list = field(default_factory=lambda: [1])
+    engine: dict = field(default_factory=lambda: {"kind": "transformers"})
+    judge: dict | None = None         # None: rule only; else an engine spec (+ optional "id")
+    grading: GradingParams = field(default_factory=GradingParams)
+
+    def __post_init__(self):
+        if not self.benchmarks:
+            raise EvalParamsError("eval.benchmarks: at least one benchmark is needed")
+        for name, spec in self.benchmarks.items():
+            if not isinstance(spec, dict) or spec.get("kind") not in BENCHMARK_KINDS:
+                raise EvalParamsError(f"eval.benchmarks.{name}.kind: must be one of {', '.join(BENCHMARK_KINDS)}")
+        if self.max_problems is not None and (not isinstance(self.max_problems, int) or self.max_problems <= 0):
+            raise EvalParamsError(f"eval.max_problems: {self.max_problems!r} must be a positive integer or null")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise EvalParamsError(f"eval.batch_size: {self.batch_size!r} must be a positive integer")
+        if not all(isinstance(k, int) and k >= 1 for k in self.ks):
+            raise EvalParamsError(f"eval.ks: {self.ks!r} must be positive integers")
+        too_big = [k for k in self.ks if k > self.sampling.n]
+        if too_big:
+            raise EvalParamsError(f"eval.ks: {too_big} exceed eval.sampling.n = {self.sampling.n}")
+        if self.engine.get("kind") not in ENGINE_KINDS:
+            raise EvalParamsError(f"eval.engine.kind: '{self.engine.get('kind')}' must be one of "
+                                  f"{', '.join(ENGINE_KINDS)}")
+        if self.judge is not None and self.judge.get("kind") not in ENGINE_KINDS:
+            raise EvalParamsError(f"eval.judge.kind: '{self.judge.get('kind')}' must be one of "
+                                  f"{', '.join(ENGINE_KINDS)} (or judge: null for rule-only grading)")
+
+
+@dataclass
+class ReportParams:
+    # ΔLong = P(long) - P(short); ΔLarge = P(large) - P(small): mix names, not teacher names.
+    long: str = "long"
+    short: str = "short"
+    large: str = "short"              # GPT-4 short CoT is the large teacher's data
+    small: str = "small"
+    mix_long: str = "mix_long"        # compared with long and short
+    mix_large: str = "mix_large"      # compared with large and small
+    metric: str = "accuracy"          # which scores.json metric the tables and deltas use
+    baseline: str = "base"
+
+
+def parse_eval(params: dict) -> EvalParams:
+    raw = params.get("eval")
+    if not isinstance(raw, dict):
+        raise EvalParamsError("params: section 'eval' is missing or not a mapping")
+    raw = dict(raw)
+    if "sampling" in raw:
+        raw["sampling"] = _build(SamplingConfig, raw["sampling"] or {}, "eval.sampling")
+    if "grading" in raw:
+        raw["grading"] = _build(GradingParams, raw["grading"] or {}, "eval.grading")
+    return _build(EvalParams, raw, "eval")
+
+
+def parse_report(params: dict) -> ReportParams:
+    raw = params.get("report") or {}
+    if not isinstance(raw, dict):
+        raise EvalParamsError("params: section 'report' is not a mapping")
+    return _build(ReportParams, raw, "report")
