@@ -45,7 +45,13 @@ def _grade(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"grade": _grade}
+def _lineage(argv: list[str]) -> int:
+    from pipelines.lineage import main as lineage_main
+
+    return lineage_main(argv)
+
+
+TOOLS = {"grade": _grade, "lineage": _lineage}
 
 
 def _tool_help() -> str:
