@@ -116,14 +116,22 @@ class RepetitionCheck:
     ``max_ngram_repeat_fraction``; ``degenerate_text``: some window of ``window`` consecutive words
     uses fewer than ``min_distinct_token_fraction`` distinct words.
 
-    Words are lower-cased whitespace tokens. n = 8 words is long enough that legitimate math
-    repeating a short pattern ("f(1) = ...", "Case 2: ...") changes at least one token in each
-    8-gram, yet a looping paragraph repeats every one of its 8-grams. A loop that repeats a block k
-    times scores 1 - 1/k, so 0.3 catches a block said twice over most of the text while a restated
-    problem or a repeated final sentence stays well under it (measured on CHAMP: see the module
-    tests and the curation report).
+    Words are lower-cased whitespace tokens, runs longer than ``max_word_chars`` cut into pieces of
+    that size so that a text without spaces ("0+0+0+…", "2222…") is measured too. n = 8: math
+    that repeats a short pattern ("f(1) = 1, f(2) = 4, …", "Case 2: …") changes a token in almost
+    every 8-gram, while a looping block repeats all of its 8-grams. A text made of one block said
+    k times scores 1 - 1/k (0.5 for twice), so 0.3 catches copy-pasted halves and loops that
+    fill a third of the text, while a restated problem or a repeated closing sentence stays under.
 
-    The distinct-word share is measured per window rather than over the whole text because the
+    Measured with the defaults: on 5,259 human-written benchmark problems and solutions (MATH-500,
+    GSM8K, OlympiadBench, AIME, AMC) nothing is flagged (highest repeat share 0.27, lowest window
+    share 0.17). On the 19,179 untruncated CHAMP solutions 206 (1.1%) are flagged, mostly real
+    defects (a solution pasted again after "Here is a more detailed solution:", "= x = x = x"
+    loops, rows of "* * *", "0+0+0+…"); about one in five of a sample inspected was sound but
+    templated (a case analysis repeating its sentences, an exhaustive listing such as
+    "1 -> 1 -> 2 (1 possibility)"), i.e. about 0.2% of all solutions lost.
+
+    The distinct-word share is taken per window rather than over the whole text because the
     vocabulary of a long text grows much slower than its length: a sound 20k-word reasoning trace
     can use under 10% distinct words overall, while any 100 consecutive words of real prose or
     math use dozens. Texts shorter than one window are never ``degenerate_text``.
@@ -136,13 +144,16 @@ class RepetitionCheck:
 
     def __init__(self, max_ngram_repeat_fraction: float = 0.3, n: int = 8,
                  min_distinct_token_fraction: float = 0.1, window: int = 100,
-                 chunk_bytes: int = 64 << 20):
+                 max_word_chars: int = 20, chunk_bytes: int = 64 << 20):
         if n < 1 or window < 2:
             raise ValueError(f"n ({n}) must be >= 1 and window ({window}) >= 2")
         self.max_ngram_repeat_fraction = max_ngram_repeat_fraction
         self.n = n
         self.min_distinct_token_fraction = min_distinct_token_fraction
         self.window = window
+        # Longer than nearly every English word or inline formula token, short enough that a
+        # spaceless run of a few hundred characters yields enough pieces to be measured.
+        self.word_pattern = rf"\S{{1,{max_word_chars}}}"
         self.chunk_bytes = chunk_bytes    # bounds the exploded word table (~40 bytes per word)
 
     def stats(self, texts: pl.Series) -> pl.DataFrame:
@@ -150,24 +161,29 @@ class RepetitionCheck:
         (null for texts shorter than one window). Exposed for reports and threshold tuning."""
         parts = []
         for start, chunk in text_chunks(texts, self.chunk_bytes):
-            words = word_hashes(chunk, with_position=True)
-            grams = ngram_hashes(words, self.n)
-            repeat = grams.group_by("row").agg(
-                (1.0 - pl.col("gram").n_unique() / pl.len()).alias("repeat_fraction"))
+            words = word_hashes(chunk, self.word_pattern, with_position=True)
+            grams = ngram_hashes(words, self.n).group_by("row").agg(
+                pl.len().alias("ngrams"), (pl.len() - pl.col("gram").n_unique()).alias("repeated"))
             windows = (words.with_columns((pl.col("pos") // self.window).alias("win"))
                        .group_by("row", "win")
                        .agg(pl.len().alias("size"), pl.col("word").n_unique().alias("distinct"))
                        .filter(pl.col("size") == self.window)
-                       .group_by("row")
-                       .agg((pl.col("distinct").min() / self.window).alias("min_window_distinct")))
+                       .group_by("row").agg(pl.col("distinct").min()))
             rows = pl.DataFrame({"row": pl.int_range(0, chunk.len(), dtype=pl.UInt32, eager=True)})
-            part = (rows.join(repeat, on="row", how="left").join(windows, on="row", how="left")
-                    .sort("row").with_columns(pl.col("row") + start))
-            parts.append(part)
+            parts.append(rows.join(grams, on="row", how="left").join(windows, on="row", how="left")
+                         .sort("row").with_columns(pl.col("row") + start))
         if not parts:
             return pl.DataFrame(schema={"row": pl.UInt32, "repeat_fraction": pl.Float64,
                                         "min_window_distinct": pl.Float64})
-        return pl.concat(parts)
+        counts = pl.concat(parts)
+        # Divided in numpy: polars divides by a scalar through its reciprocal (70 / 100 gives
+        # 0.7000000000000001), which would move shares sitting exactly on a threshold.
+        as_float = lambda c: counts[c].cast(pl.Float64).to_numpy()  # noqa: E731 - nulls become NaN
+        with np.errstate(invalid="ignore"):
+            repeat = as_float("repeated") / as_float("ngrams")
+            distinct = as_float("distinct") / float(self.window)
+        return pl.DataFrame({"row": counts["row"], "repeat_fraction": repeat,
+                             "min_window_distinct": distinct}).fill_nan(None)
 
     def __call__(self, frame: pl.DataFrame) -> pl.Series:
         stats = self.stats(frame["response"])
@@ -202,13 +218,19 @@ class LanguageCheck:
     is a small share but still teaches the student to switch languages; ten foreign words is about
     a sentence, more than a quoted name or a stray character.
 
-    Limitation: Latin script is not English. A Spanish or French response passes.
+    Measured: none of the 19,440 CHAMP responses and none of 5,259 human-written benchmark
+    problems and solutions is flagged; only one of all those texts holds a non-Latin, non-Greek
+    letter at all. Limitations: Latin script is not English (a Spanish or French response
+    passes), and Greek is never foreign (a response in Greek passes).
     """
 
     name = "language"
     reasons = ("non_english", "mixed_language")
 
     def __init__(self, min_english_fraction: float = 0.6, min_foreign_words: int = 10):
+        # 0.6: a Chinese solution keeps a fifth to a third of Latin words from its formulas and
+        # variable names; an English solution that switches language late stays above 0.6 and
+        # is reported as mixed_language instead.
         self.min_english_fraction = min_english_fraction
         self.min_foreign_words = min_foreign_words
 
@@ -266,16 +288,28 @@ def text_chunks(texts: pl.Series, max_bytes: int) -> Iterator[tuple[int, pl.Seri
         start = stop
 
 
-def word_hashes(texts: pl.Series, pattern: str = r"\S+", *, lowercase: bool = True,
-                with_position: bool = False) -> pl.DataFrame:
+def normalise_whitespace(text: pl.Expr) -> pl.Expr:
+    """Runs of whitespace become one space, ends are stripped. Only runs of two or more and
+    non-space whitespace are matched: replacing every single space is five times slower."""
+    return text.str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
+
+
+def word_hashes(texts: pl.Series, pattern: str | None = None, *, lowercase: bool = True,
+                with_position: bool = False, with_length: bool = False) -> pl.DataFrame:
     """One row per word, in text order: ``row`` (index into ``texts``), ``word`` (u64 hash) and,
-    if asked, ``pos`` (the word's index within its text). Null and empty texts have no rows."""
+    if asked, ``pos`` (the word's index within its text) and ``chars`` (its length). Words are
+    whitespace-separated tokens, or the matches of ``pattern`` (a regex; ~2x slower than
+    splitting). Null and empty texts have no rows."""
     text = pl.col("text")
     if lowercase:
         text = text.str.to_lowercase()
-    frame = pl.DataFrame({"text": texts}).select(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
-        text.str.extract_all(pattern).alias("word"))
+    row = pl.int_range(pl.len(), dtype=pl.UInt32).alias("row")
+    if pattern is None:
+        frame = (pl.DataFrame({"text": texts}).select(row, normalise_whitespace(text).alias("word"))
+                 .filter(pl.col("word") != "")
+                 .with_columns(pl.col("word").str.split(" ")))
+    else:
+        frame = pl.DataFrame({"text": texts}).select(row, text.str.extract_all(pattern).alias("word"))
     if with_position:
         lengths = pl.col("word").list.len().fill_null(0).cast(pl.Int64)
         frame = frame.with_columns((lengths.cum_sum() - lengths).alias("start"))
@@ -283,16 +317,19 @@ def word_hashes(texts: pl.Series, pattern: str = r"\S+", *, lowercase: bool = Tr
     columns = [pl.col("row"), pl.col("word").hash(_WORD_SEED)]
     if with_position:
         columns.append((pl.int_range(pl.len(), dtype=pl.Int64) - pl.col("start")).alias("pos"))
+    if with_length:
+        columns.append(pl.col("word").str.len_chars().alias("chars"))
     return frame.select(columns)
 
 
-def ngram_hashes(words: pl.DataFrame, n: int) -> pl.DataFrame:
+def ngram_hashes(words: pl.DataFrame, n: int, keep: tuple[str, ...] = ()) -> pl.DataFrame:
     """``row``, ``gram``: one u64 hash per window of ``n`` consecutive words of the same text
-    (texts shorter than ``n`` words have none)."""
+    (texts shorter than ``n`` words have none), plus the ``keep`` columns of each window's first
+    word."""
     word = pl.col("word")
     gram = word
     for k in range(1, n):
         gram = gram * _GRAM_MULTIPLIER + word.shift(-k)
     same_text = pl.col("row").shift(-(n - 1)) == pl.col("row")
-    return (words.select(pl.col("row"), gram.alias("gram"), same_text.alias("same_text"))
+    return (words.select(pl.col("row"), gram.alias("gram"), *keep, same_text.alias("same_text"))
             .filter(pl.col("same_text")).drop("same_text"))

@@ -10,6 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temp directory that replaces ``path`` on success and is removed on failure."""
@@ -21,6 +27,7 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual modes
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     os.replace(tmp, path)
@@ -38,6 +45,7 @@ def atomic_file(path: str | Path, mode: str = "w", **kwargs):
     except BaseException:
         os.unlink(tmp)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     os.replace(tmp, path)
 
 

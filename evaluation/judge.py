@@ -140,7 +140,7 @@ class JudgeGrader:
         self.grader = grader
         self.judge = judge
         self.judge_id = judge_id
-        self.cache = cache or VerdictCache(None)
+        self.cache = cache if cache is not None else VerdictCache(None)   # an empty cache is falsy
         # 200 characters hold any competition answer (a tuple, an interval, a long expression) but
         # leave no room for an argument addressed to the judge.
         self.max_answer_chars = max_answer_chars

@@ -18,9 +18,9 @@ from pipelines.params import ContractParams, CorrectnessParams, CurateParams
 PARAMS = CurateParams(min_tokens=8, max_tokens=4096, cutoff_len=1024)
 FLAG = replace(PARAMS, over_cutoff="flag")
 NO_GRADING = replace(PARAMS, correctness=CorrectnessParams(enabled=False))
-# Row-suite expectations with correctness on: 19 columns x (exists + type), 13 non-null, unique,
+# Row-suite expectations with correctness on: column set, 19 column types, 13 non-null, unique,
 # source/style/teacher_size/correct sets, token bounds, cutoff pair, truncated, finish_reason.
-ROW_EXPECTATIONS = 19 * 2 + 13 + 1 + 4 + 1 + 2 + 2
+ROW_EXPECTATIONS = 1 + 19 + 13 + 1 + 4 + 1 + 2 + 2
 BATCH_EXPECTATIONS = 4
 CURATED_SCHEMA = {**TRACE_SCHEMA, "response_tokens": pl.Int64, "sequence_tokens": pl.Int64,
                   "extracted_answer": pl.Utf8, "correct": pl.Boolean, "over_cutoff": pl.Boolean}
@@ -184,7 +184,8 @@ def test_schema_missing_column_and_wrong_type(tmp_path):
     result = check(kept, tmp_path)
     # Expectations on the missing column fail too, but only its existence check is reported.
     assert result.failures == [
-        "[rows] expect_column_to_exist('teacher'): column 'teacher' is present — column missing",
+        "[rows] expect_table_columns_to_match_set(): every contract column is present (extra "
+        "columns are allowed) — missing ['teacher']",
         "[rows] expect_column_values_to_be_in_type_list('response_tokens'): 'response_tokens' holds "
         "integers — observed 'float64'"]
     assert result.statistics["unsuccessful_expectations"] == 4
@@ -194,10 +195,9 @@ def test_correctness_disabled_needs_no_grading_columns(tmp_path):
     kept = frame(*good_rows()).drop("extracted_answer", "correct")
     assert check(kept, tmp_path, params=NO_GRADING).success
     result = check(kept, tmp_path)
-    assert result.failures[:2] == [
-        "[rows] expect_column_to_exist('extracted_answer'): column 'extracted_answer' is present "
-        "— column missing",
-        "[rows] expect_column_to_exist('correct'): column 'correct' is present — column missing"]
+    assert result.failures == [
+        "[rows] expect_table_columns_to_match_set(): every contract column is present (extra "
+        "columns are allowed) — missing ['correct', 'extracted_answer']"]
 
 
 def test_low_kept_fraction(tmp_path):

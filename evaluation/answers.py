@@ -1,0 +1,518 @@
+"""Final-answer extraction and normalisation, shared by curation, evaluation and `mixdistill grade`.
+
+Three jobs:
+
+* `extract_answer` finds the final answer in a model response: the last ``\\boxed{}``, else an
+  explicit marker ("the answer is", "Final Answer:", "#### 18"), else a concluding sentence
+  ("Therefore, there are 239 strings ..."), which is how CHAMP-style teachers end their solutions.
+* `reference_variants` turns a free-form reference ("C(10, 5), or equivalently 252",
+  "0 is the only possible value", GSM8K "... #### 18", AMC ``27.0``) into acceptable answers.
+* `normalize_answer` gives the cheap canonical form compared before any symbolic check.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from functools import lru_cache
+
+__all__ = ["extract_answer", "reference_variants", "normalize_answer"]
+
+# ----------------------------------------------------------------------------- shared patterns
+
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$]+?)\$", re.S)
+_HOLE_RE = re.compile(r"\x00(\d+)\x00")
+# Words that are maths, not English, inside an otherwise plain-text sentence.
+_MATH_WORDS = {"sqrt", "choose", "mod", "infinity", "..."}
+# Words that may sit between a copula and the answer ("is given by the expression n(n-3)/2").
+_FILLER = {"given", "by", "the", "expression", "formula", "equal", "to", "exactly", "simply",
+           "just", "only", "approximately", "about", "then", "that", "now", "therefore", "thus",
+           "precisely", "indeed", "actually", "a", "total", "of", "value", "number", "result",
+           "answer", "final", "still", "also", "always", "be", "us", "at", "most", "least", ":"}
+_CONNECTORS = {"and", "or", ",", "&"}
+_COPULA_RE = re.compile(r"\b(?:is|are|was|were|equals?|be|becomes|yields|gives|has|have|conclude that|"
+                        r"we (?:get|have|find|obtain)|period of|simplif(?:y|ies|ied) to|reduces to)\b|≈",
+                        re.I)
+_REF_COPULA_RE = re.compile(r"\b(?:is|are|equals?|be|of)\b", re.I)  # references also say "period of 8"
+_COPULA_WORDS = {"is", "are", "was", "were", "equals", "must", "can", "will"}
+_COUNT_RE = re.compile(r"\b(?:at least|at most|exactly|only)\s+(\d+)\b(?!\s*[-+*/^=<>)])", re.I)
+_CONCLUDE_RE = re.compile(
+    r"^(?:so|thus|therefore|hence|consequently|finally|in conclusion|in summary|in total|overall|"
+    r"as a result|altogether|this means|which means)\b|\b(?:therefore|thus|hence|we conclude|"
+    r"the (?:final )?answer)\b", re.I)
+_LEAD_CONNECTIVE_RE = re.compile(
+    r"^(?:(?:so|thus|therefore|hence|consequently|finally|in conclusion|in summary|overall|"
+    r"as a result|altogether|in total|in short)\b\s*,?\s*)+", re.I)
+_NEGATION_RE = re.compile(r"\b(?:no|not|none|cannot|can't|impossible|never|doesn't|isn't|aren't)\b", re.I)
+# Statements of non-existence answer "No" wherever they stand; at the start they beat any number.
+_NONE_EXIST_RE = re.compile(r"\bthere (?:is|are|exists?) no\b|\b(?:has|have) no\b|\bdoes not exist\b|\bimpossible\b",
+                            re.I)
+_MAIN_NEGATION_RE = re.compile(r"(?:it is|it's) (?:not possible|impossible)\b|there (?:is|are|exists?) no\b|"
+                               r"there (?:does|do) not exist\b|no such\b", re.I)
+_YES_NO_RE = re.compile(r"^\W*(yes|no)\b(?!\s+(?:more|less|longer)\b)", re.I)
+_YES_NO_SENTENCE_RE = re.compile(r"^\W*(yes|no)\s*(?:[,.;:!]|$)", re.I)  # not "No idea how ..."
+_INFINITE_RE = re.compile(r"\binfinitely many\b", re.I)
+_META_RE = re.compile(r"^(?:this is the (?:final )?answer|i hope|let me know|note\b)", re.I)
+_NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+
+
+def _protect_math(text: str) -> tuple[str, list[str]]:
+    """Replace $...$-style spans by \\x00k\\x00 holes so sentence splitting cannot cut them."""
+    spans: list[str] = []
+
+    def hole(m: re.Match) -> str:
+        spans.append(next(g for g in m.groups() if g is not None).strip())
+        return f"\x00{len(spans) - 1}\x00"
+
+    return _MATH_SPAN_RE.sub(hole, text), spans
+
+
+def _restore(text: str, spans: list[str]) -> str:
+    return _HOLE_RE.sub(lambda m: spans[int(m.group(1))], text)
+
+
+# ----------------------------------------------------------------------------- boxed & markers
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (nested braces) or "\\boxed 5"."""
+    for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\b\s*", text))):
+        inner, depth = None, 0
+        if text[m.end():m.end() + 1] == "{":
+            for i in range(m.end(), len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    inner = text[m.end() + 1:i]
+                    break
+        else:  # "\boxed 5": the argument is the next token
+            inner = re.match(r"[^\s$]*", text[m.end():]).group(0)
+        if inner and inner.strip():
+            return inner.strip()
+    return None
+
+
+# "Final Answer: X", "**Answer:** X" and "#### X" head a line that is the answer (strong); "the
+# answer is X" sits in prose, where only a maths run or yes/no after it counts.
+_MARKER_RE = re.compile(r"(?P<strong>final answer(?:\*\*|__)?\s*:|answer(?:\*\*|__)?\s*:|####)|"
+                        r"(?:the )?final answer is\b|the answer is\b", re.I)
+
+
+def _marker_answer(text: str) -> str | None:
+    for m in reversed(list(_MARKER_RE.finditer(text))):
+        rest = text[m.end():].lstrip(" *_:")
+        lines = [ln for ln in rest.splitlines() if ln.strip()]
+        if lines:
+            return _clause_answer(lines[0], strong=m.group("strong") is not None)
+    return None
+
+
+# ----------------------------------------------------------------------------- sentence heuristics
+
+_OPERATOR_END = tuple("+-*/^=(<>≤≥±−")
+
+
+def _is_math_token(tok: str, after_operator: bool = False) -> bool:
+    """Whether a whitespace token is maths; `after_operator` admits "xy" in "z^2 - xy"."""
+    if "\x00" in tok:
+        return True
+    if tok.strip(",;:") in {"...", "…", "\\ldots", "\\cdots"}:
+        return True
+    if tok.startswith(("\\text", "\\mbox", "\\quad", "\\qquad")):
+        return False  # "n=6 \text{ is the answer}": prose inside maths ends the run
+    core = tok.strip(".,;:?\"'")
+    if not core or core == "—":
+        return False
+    if core in {"-", "−"}:
+        return False  # a bare minus only counts between maths tokens (see _math_run)
+    if re.fullmatch(r"\d+(?:st|nd|rd|th)", core):  # ordinals read as words
+        return False
+    bare = core.strip("()[]{}")
+    if bare.lower() in _MATH_WORDS:
+        return True
+    if re.fullmatch(r"(?:[A-Za-z]\.){2,}|[A-Za-z]{2,}(?:[-'][A-Za-z]+)*", bare):  # English, "i.e."
+        return after_operator is True and len(bare) <= 3 and bare.lower() not in {"and", "or", "the"}
+    if re.fullmatch(r"[A-Za-z]", bare):
+        return bare not in {"a", "A", "I"} or core != bare or after_operator is True
+    return bool(re.search(r"[\d^*/=+<>()\[\]{}|√π∞±≤≥×·_\\!−-]", core))
+
+
+def _math_run(tokens: list[str], start: int) -> tuple[list[str], int]:
+    """Longest run of maths tokens from `start` ("and"/"or" join list items) and tokens consumed."""
+    run: list[str] = []
+    i = start
+    while i < len(tokens):
+        tok = tokens[i]
+        after_op = bool(run) and run[-1].rstrip(".,;:").endswith(_OPERATOR_END)
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if _is_math_token(tok, after_op) or (re.fullmatch(r"[aAI]", tok) and nxt.startswith("=")):
+            run.append(tok)  # ("I = n(n-3)/2": a lone "I" or "a" is a variable when assigned)
+        elif (run and nxt and (tok.lower() in _CONNECTORS or tok in {"-", "−"})
+              and _is_math_token(nxt, tok in {"-", "−"})):
+            run.append(tok)  # "0 and 1", "x^2 - 1"
+        else:
+            break
+        i += 1
+        if tok.endswith((".", ";", "?")) and not tok.endswith("..."):
+            break  # a sentence-final token closes the run
+    consumed = i - start
+    # keep the longest bracket-balanced prefix: "99 (100 - 1, because ..." -> "99"
+    depth, balanced_len = 0, 0
+    for k, tok in enumerate(run):
+        depth += sum(tok.count(c) for c in "([{") - sum(tok.count(c) for c in ")]}")
+        if depth < 0:
+            break
+        if depth == 0:
+            balanced_len = k + 1
+    if balanced_len:  # no balanced prefix at all: a typo like "((n(n+1)/2)^2", keep it whole
+        run = run[:balanced_len]
+    while run and run[-1].lower().strip(",") in _CONNECTORS | {"-", "−"}:
+        run.pop()
+    return run, consumed
+
+
+def _split_top(expr: str, sep: str) -> list[str]:
+    """Split on `sep` outside brackets, ignoring <=, >=, != and ==."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expr):
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == sep and depth == 0 and not (sep == "=" and (expr[i - 1:i] in ("<", ">", "!", "=")
+                                                             or expr[i + 1:i + 2] == "=")):
+            parts.append(expr[start:i])
+            start = i + 1
+    return parts + [expr[start:]]
+
+
+_VAR_RE = r"[A-Za-z](?:_\{?\w+\}?)?"
+_ASSIGN_LHS_RE = re.compile(rf"\s*(?:{_VAR_RE}|\(\s*{_VAR_RE}(?:\s*,\s*{_VAR_RE})+\s*\)|[A-Za-z]\w*\([^()]*\))\s*")
+
+
+def _tidy_equation(item: str) -> str:
+    parts = _split_top(item, "=")
+    if len(parts) > 1:
+        first = _split_top(parts[0], ",")[0]
+        keep_assignment = len(parts) == 2 and _ASSIGN_LHS_RE.fullmatch(parts[0]) is not None
+        list_of_assignments = _ASSIGN_LHS_RE.fullmatch(first) is not None and "," in parts[1]
+        if not (keep_assignment or list_of_assignments):
+            return parts[-1].strip()  # "a + b = 230 + 311 = 771" -> "771"
+    return item.strip()
+
+
+def _tidy_run(run: list[str], spans: list[str]) -> str | None:
+    text = " ".join(run).strip()
+    if not text.endswith("..."):
+        text = re.sub(r"[.,;:?]+$", "", text).strip()
+    text = re.sub(r"\s*\(?\s*(?:mod|\\pmod|\\bmod)\s*\{?\w+\}?\s*\)?$", "", text)  # "2 (mod 7)" -> 2
+    text = _restore(text, spans)
+    # display-environment debris: "9 \end{aligned}", "x=1 \quad", alignment "&", "\\"
+    text = re.sub(r"\\(?:begin|end)\{\w+\*?\}|\\tag\{[^{}]*\}|\\q?quad\b|\\\\|&", " ", text).strip()
+    text = re.sub(r"[.,;:]+$", "", text).strip()
+    # "x = a + b and x = a - b": tidy each listed item on its own
+    items = re.split(r"\s+(?:and|or)\s+", text)
+    text = " and ".join(_tidy_equation(item) for item in items if item.strip())
+    text = text.replace("≈", "=").strip()
+    return text or None
+
+
+def _clause_answer(clause: str, strong: bool = False) -> str | None:
+    """The answer at the start of `clause` (what follows a marker or a copula)."""
+    clause, spans = _protect_math(clause)
+    m = _YES_NO_RE.match(clause)
+    if m:
+        return m.group(1).capitalize()
+    tokens = clause.split()
+    i = 0
+    while i < len(tokens) and tokens[i].lower().strip(",:") in _FILLER:
+        i += 1
+    run, _ = _math_run(tokens, i)
+    if run and i + len(run) < len(tokens) and tokens[i + len(run)].lower() in _COPULA_WORDS:
+        return None  # "the answer is that w_200 is ...": the run is a subject, not the answer
+    if run:
+        return _tidy_run(run, spans)
+    if strong:  # "Final Answer: all real numbers" - keep a short textual answer
+        text = _restore(re.split(r"(?<=[a-z])\.\s|\.$", clause.strip())[0], spans).strip(" .*")
+        return text if 0 < len(text) <= 60 else None
+    return None
+
+
+def _sentence_answer(sentence: str, reference_mode: bool = False, final: bool = False) -> str | None:
+    """Answer stated by one sentence: a yes/no, "there are N ...", "X is <expr>", or a negation.
+
+    `final` marks the last sentence of a response, which may state a result without "so"/"thus".
+    """
+    decisive = reference_mode or final or bool(_CONCLUDE_RE.search(sentence))
+    body = _LEAD_CONNECTIVE_RE.sub("", sentence.strip().lstrip("-*• ").replace("**", ""))
+    body = re.sub(r"\bnegative infinity\b", "-infinity", body, flags=re.I)
+    body = re.sub(r"\b(at least|at most|exactly|only)\s+(\w+)\b",
+                  lambda m: f"{m.group(1)} {_NUMBER_WORDS.get(m.group(2).lower(), m.group(2))}", body, flags=re.I)
+    m = (_YES_NO_RE if reference_mode else _YES_NO_SENTENCE_RE).match(body)
+    if m:
+        return m.group(1).capitalize()
+    if _INFINITE_RE.search(body):
+        return "infinitely many"
+    if decisive and _MAIN_NEGATION_RE.match(body):
+        return "No"  # "it is not possible for ... to have two roots": the main clause decides
+    protected, spans = _protect_math(body)
+    tokens = protected.split()
+    copula = _REF_COPULA_RE if reference_mode else _COPULA_RE
+    positions = [len(protected[:m.end()].split()) for m in copula.finditer(protected)]
+    negated = False
+    for pos in reversed(positions):
+        j = pos
+        while j < len(tokens) and tokens[j].lower().strip(",:") in _FILLER:
+            j += 1
+        word = tokens[j].lower().strip(".,;:") if j < len(tokens) else ""
+        if word in {"no", "not"}:
+            negated = True  # "there are no solutions", "is not prime": a negative answer
+            continue
+        if word in _NUMBER_WORDS and not (j + 1 < len(tokens) and tokens[j + 1].lower() == "of"):
+            return _NUMBER_WORDS[word]  # "is zero."
+        run, _ = _math_run(tokens, j)
+        if run and not (j + len(run) < len(tokens) and tokens[j + len(run)].lower() in _COPULA_WORDS):
+            return _tidy_run(run, spans)
+    count = _COUNT_RE.search(body)
+    if count and (reference_mode or _CONCLUDE_RE.search(sentence) or re.match(r"(?:at least|at most|exactly|only)\b", body, re.I)):
+        return count.group(1)  # "at most two of them can be true" -> 2
+    if (negated and decisive) or _NONE_EXIST_RE.search(body) or (
+            _NEGATION_RE.search(body) and (reference_mode or _CONCLUDE_RE.search(sentence))):
+        return "No"
+    if not positions and not reference_mode:  # "So, F(11) = 89." - take the last maths run
+        k, last = 0, None
+        while k < len(tokens):
+            run, consumed = _math_run(tokens, k) if _is_math_token(tokens[k]) else ([], 0)
+            if any(re.search(r"[\d=\x00]", t) for t in run):
+                last = run
+            k += max(consumed, 1)
+        if last:
+            return _tidy_run(last, spans)
+    return None
+
+
+def _sentences(text: str) -> list[str]:
+    protected, spans = _protect_math(text)
+    out: list[str] = []
+    for line in protected.splitlines():
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s+", "", line).strip()
+        if line:
+            out.extend(_restore(s, spans) for s in re.split(r"(?<=[.?!])\s+(?=[A-Z\"'(])", line) if s.strip())
+    return out
+
+
+def _is_display(line: str) -> bool:
+    """A line of maths with at most a label ("Total = C(n, m) * 2^n"), not prose."""
+    return not re.search(r"[a-z]{4,}", re.sub(r"\\[A-Za-z]+", "", line))
+
+
+def _concluding_answer(text: str, max_back: int = 6) -> str | None:
+    """Walk back over the last sentences; concluding ones ("So, ...", "Therefore ...") and the
+    final one may state the answer. A trailing "This is the expression for ..." points back, so
+    the sentence or display line before it counts as final too."""
+    content = [s for s in _sentences(text) if not _META_RE.match(s.strip())]
+    final = True
+    for back, sentence in enumerate(reversed(content[-max_back:])):
+        concluding = bool(_CONCLUDE_RE.search(sentence))
+        if sentence.rstrip().endswith(":") and back > 0:
+            nxt = content[len(content) - back]  # a display line after "... is:"
+            if (concluding or final) and _is_display(nxt):
+                found = _sentence_answer(nxt, final=True)
+                if found:
+                    return found
+        if concluding or final:
+            found = _sentence_answer(sentence, final=final)
+            if found:
+                return found
+        final = final and bool(re.match(r"(?:this|these|that|which)\b", sentence.strip(), re.I))
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a response, or None when nothing answer-like is found.
+
+    Priority: last ``\\boxed{}``/``\\fbox{}``; then the last explicit marker ("the final answer is",
+    "Final Answer:", "**Answer:**", "#### 18"); then the concluding sentence near the end.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    marked = _marker_answer(text)
+    if marked:
+        return marked
+    return _concluding_answer(text)
+
+
+# ----------------------------------------------------------------------------- references
+
+_ALT_SPLIT_RE = re.compile(
+    r",?\s+or\s+(?=(?:equivalently|an equivalent form(?: such as)?|approximately|about|roughly|"
+    r"in other words)\b)", re.I)
+_ALT_PREFIX_RE = re.compile(r"^(?:equivalently|an equivalent form(?: such as)?|in other words)\s*:?\s*", re.I)
+_APPROX_RE = re.compile(r"^(?:approximately|about|roughly|≈)", re.I)
+_QUANTIFIER_RE = re.compile(r"^(?:at least|at most|exactly|only)\s+", re.I)
+_TRAILING_PAREN_RE = re.compile(r"\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
+
+
+def _listish(reference: str) -> list[str] | None:
+    """OlympiadBench stores answers as lists; accept the JSON or Python repr of a string list."""
+    if reference.startswith("[") and reference.endswith("]") and ("'" in reference or '"' in reference):
+        for loads in (json.loads, ast.literal_eval):
+            try:
+                value = loads(reference)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return value
+    return None
+
+
+def _reference_core(part: str) -> list[str]:
+    part = part.strip().rstrip(".")
+    if not part:
+        return []
+    if "\\" in part or "$" in part or "{" in part:
+        return [part]  # LaTeX references (MATH, OlympiadBench) are already answers
+    out: list[str] = []
+    m = _TRAILING_PAREN_RE.search(part)
+    if m and re.search(r"[A-Za-z]{3,}", m.group(1)):  # "100 (i.e., all values)"
+        part, note = part[:m.start()].strip(), m.group(1)
+        if _NEGATION_RE.search(note):
+            out.append("No")  # "0 (i.e., no real-valued zeros)": "there are none" is also right
+    if re.fullmatch(r"-?\d+\.0+", part):
+        return [part.split(".")[0]] + out  # AMC stores 27 as 27.0
+    yes_no = _YES_NO_RE.match(part)
+    if yes_no:
+        return [yes_no.group(1).capitalize()] + out
+    if _INFINITE_RE.search(part):
+        return ["infinitely many"] + out
+    part = _QUANTIFIER_RE.sub("", part)
+    words = part.split()
+    if words and words[0].lower() in _NUMBER_WORDS:
+        words[0] = _NUMBER_WORDS[words[0].lower()]
+        part = " ".join(words)
+    protected, spans = _protect_math(part)
+    tokens = protected.split()
+    run, _ = _math_run(tokens, 0)
+    if run and len(run) == len(tokens):
+        return [_restore(protected, spans)] + out  # pure maths
+    if run:  # "2 inequalities", "0 is the only possible value", "x(n)<y(n-1) for all n≥3"
+        found = _tidy_run(run, spans)
+        return ([found] if found else []) + out
+    found = _sentence_answer(part, reference_mode=True)
+    return ([found] if found else [part]) + out
+
+
+@lru_cache(maxsize=65536)
+def _variants_cached(reference: str) -> tuple[str, ...]:
+    ref = reference.strip()
+    items = _listish(ref)
+    if items is not None:
+        ref = ", ".join(i.strip() for i in items)  # several entries are parts of one answer
+    if "####" in ref:
+        ref = ref.rsplit("####", 1)[1].strip()
+    variants: list[str] = []
+    for i, part in enumerate(_ALT_SPLIT_RE.split(ref)):
+        part = part.strip()
+        if i > 0 and _APPROX_RE.match(part):
+            continue  # an approximation is not the answer
+        for v in _reference_core(_ALT_PREFIX_RE.sub("", part)):
+            if v and v not in variants:
+                variants.append(v)
+    return tuple(variants)
+
+
+def reference_variants(reference: str | list[str] | int | float) -> list[str]:
+    """Acceptable answers for a reference, most canonical first.
+
+    >>> reference_variants("C(10, 5), or equivalently 252")
+    ['C(10, 5)', '252']
+    """
+    if isinstance(reference, bool):
+        raise TypeError("reference must be a string, number or list of strings, not bool")
+    if isinstance(reference, (int, float)):
+        reference = repr(reference)
+    elif isinstance(reference, list):
+        reference = json.dumps([str(r) for r in reference])
+    return list(_variants_cached(reference))
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+_UNIT_WORDS = (r"dollars?|cents?|degrees?|units?|square units|sq units|cm|mm|km|meters?|metres?|"
+               r"kilometers?|miles?|feet|foot|ft|inches|inch|hours?|hrs?|minutes?|mins?|seconds?|"
+               r"secs?|days?|weeks?|months?|years?|mph|km/h|kg|grams?|pounds?|lbs?|liters?|"
+               r"litres?|ml|people|students|points?|ways|strings|values|times|pairs|roots")
+_UNIT_RE = re.compile(rf"^(-?[\d.,/]+)\s*(?:\\text\{{\s*)?(?:\\(?:mbox|mathrm)\{{\s*)?(?:{_UNIT_WORDS})\}}?$", re.I)
+_LATEX_SIMPLE = [
+    (r"\\[dt]frac", r"\\frac"), (r"\\left|\\right|\\big|\\Big|\\bigg|\\displaystyle", ""),
+    (r"\\[,;:! ]|~", ""), (r"\^\{?\\circ\}?|°", ""), (r"\\%", "%"), (r"\\\$", ""),
+    (r"\\(?:cdot|times)|×|·", "*"), (r"−|–", "-"), (r"\\infty|∞|\binfinity\b", "inf"),
+    (r"\\pi\b|π", "pi"), (r"\\leq?\b|≤|<=", "<="), (r"\\geq?\b|≥|>=", ">="), (r"\\neq?\b|≠", "!="),
+    (r"\\pm\b|±", "±"), (r"\\ldots|\\cdots|\\dots|…", "..."), (r"\{,\}", ""),
+]
+# One spelling per construct: \frac12 -> 1/2, \sqrt{3} and √3 -> sqrt(3), \binom / "choose" -> C(n,k)
+_CANONICAL_FORMS = [
+    (r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}"), (r"\\frac\{(-?[\w.]+)\}\{([\w.]+)\}", r"\1/\2"),
+    (r"\\sqrt\s*\{([^{}]*)\}", r"sqrt(\1)"), (r"√\[([^\[\]]*)\]", r"sqrt(\1)"), (r"√(\w+)", r"sqrt(\1)"),
+    (r"\\binom\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"C(\1,\2)"),
+    (r"\(\s*([\w+\-*]+)\s+choose\s+([\w+\-*]+)\s*\)", r"C(\1,\2)"),
+]
+
+
+# name(...) with up to two levels of nested brackets inside: sqrt(1 + sqrt(2)), C(n-1, k-1)
+_CALL_ARGS = r"\(((?:[^()]|\((?:[^()]|\([^()]*\))*\))*)\)"
+
+
+def _replace_call(text: str, name: str, build) -> str:
+    """Rewrite name(args) via build(list_of_args)."""
+    return re.sub(rf"(?<![A-Za-z\\]){name}\s*{_CALL_ARGS}",
+                  lambda m: build([a.strip() for a in _split_top(m.group(1), ",")]), text)
+
+
+def _expand_tuple_assignment(s: str, sep: str) -> str:
+    """"(x, y) = (2, 1)" reads as "x=2, y=1"."""
+    m = re.fullmatch(r"\(\s*([A-Za-z](?:\s*,\s*[A-Za-z])+)\s*\)\s*=\s*\(([^()]*)\)", s)
+    names, values = (m.group(1).split(","), m.group(2).split(",")) if m else ([], [None])
+    return sep.join(f"{n.strip()}={v.strip()}" for n, v in zip(names, values)) if len(names) == len(values) else s
+
+
+@lru_cache(maxsize=65536)
+def normalize_answer(ans: str) -> str:
+    """Cheap canonical form: equal strings here mean equal answers (the converse need not hold)."""
+    s = ans.strip()
+    inner = _last_boxed(s) if s.startswith(("\\boxed", "\\fbox")) else None
+    s = inner if inner is not None else s
+    s = re.sub(r"(?<!\\)\$|^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}", r"\1", s)
+    for pat, rep in _LATEX_SIMPLE:
+        s = re.sub(pat, rep, s)
+    s = s.strip().rstrip(".").strip()
+    yes_no = _YES_NO_RE.match(s)
+    if yes_no:
+        return yes_no.group(1).lower()
+    if _INFINITE_RE.search(s):
+        return "infinitely many"
+    if re.fullmatch(r"(?:none|no solutions?|no (?:such|possible|real|integer|positive integer) \w+.*)", s, re.I):
+        return "no"
+    unit = _UNIT_RE.match(s)
+    if unit:
+        s = unit.group(1)
+    s = re.sub(r",?\s+and\s+", ", ", s)  # keep the space: "376,625" would read as one number
+    s = re.sub(r"(?<![\d.])(\d{1,3})((?:,\d{3})+)(?![\d])", lambda m: m.group(1) + m.group(2).replace(",", ""), s)
+    for pat, rep in _CANONICAL_FORMS:
+        s = re.sub(pat, rep, s)
+    s = _replace_call(s, "√", lambda a: f"sqrt({a[0]})")
+    s = re.sub(r"([\^_])\{([^{}]*)\}", lambda m: f"{m.group(1)}{m.group(2)}" if re.fullmatch(r"\w", m.group(2))
+               else f"{m.group(1)}({m.group(2)})", s)
+    if re.search(r"[A-Za-z]{2}", s) and not re.search(r"[\d^*/=+<>()\[\]|\\_]", s):
+        return re.sub(r"\s+", " ", s).lower()  # plain words compare case- and spacing-insensitively
+    s = re.sub(r"\s+", "", s)
+    # 2*n == 2n and n*(n+1) == n(n+1), but "2^n*m" keeps its sign (2^nm would read as 2^(nm))
+    s = re.sub(r"(?<![\w.^])([\w.]+)\*(?=[A-Za-z(])", r"\1", s)
+    s = _expand_tuple_assignment(s, ",")
+    chain = re.fullmatch(r"((?:[A-Za-z]=)+)([^=,<>]+)", s)
+    if chain and chain.group(1).count("=") > 1:  # "x=y=0" is "x=0,y=0"
+        s = ",".join(f"{n}={chain.group(2)}" for n in chain.group(1).split("=")[:-1])
+    if re.fullmatch(rf"{_VAR_RE}=[^=,<>]+", s):
+        s = s.split("=", 1)[1]  # "x=5" answers "5"
+    return s

@@ -1,0 +1,235 @@
+"""Equivalence decisions, worker timeouts, caching and grade_file (evaluation/grading.py)."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from evaluation.grading import Grader, GradingInputError, Verdict, cheap_compare, grade_file
+
+
+@pytest.fixture(scope="module")
+def inline():
+    # workers=0: math-verify runs in this process with its own signal.alarm timeouts
+    with Grader(timeout_s=5.0, workers=0) as grader:
+        yield grader
+
+
+@pytest.mark.parametrize(
+    "answer, reference, correct, method",
+    [
+        ("239", "239", True, "exact"),
+        ("252", "C(10, 5), or equivalently 252", True, "exact"),
+        ("12", "13", False, "mismatch"),  # two integers: settled without math-verify
+        # 1/2 vs 0.5 vs \frac{1}{2}
+        ("1/2", "0.5", True, "normalized"),
+        ("0.5", r"\frac{1}{2}", True, "normalized"),
+        (r"\dfrac{1}{2}", "1/2", True, "normalized"),
+        ("3.5", "7/2", True, "normalized"),
+        ("0.3333333", "1/3", True, "math_verify"),  # a rounding near miss goes to math-verify
+        ("0.333", "1/3", False, "mismatch"),
+        # exponent spellings and symbolic equivalence
+        ("2^{n-1}", "2^(n-1)", True, "normalized"),
+        ("2 * 2^m", "2^(m+1)", True, "math_verify"),
+        ("n(n-3)/2", r"\frac{n(n-3)}{2}", True, "math_verify"),
+        ("C(10,5)", "252", True, "math_verify"),
+        ("1/sqrt(3)", "sqrt(3)/3, or equivalently 1/sqrt(3)", True, "exact"),
+        ("1/√3", "sqrt(3)/3, or equivalently 1/sqrt(3)", True, "normalized"),
+        (r"\frac{\sqrt{3}}{3}", "1/sqrt(3)", True, "math_verify"),
+        # percent: the value or the percent figure, never an approximation of the reference
+        ("35.7%", "0.357", True, "normalized"),
+        (r"35.7\%", "35.7", True, "normalized"),
+        ("35.7%", "5/14, or approximately 35.7%", False, "mismatch"),
+        # units
+        ("18 dollars", "18", True, "normalized"),
+        (r"18\text{ dollars}", "Janet makes 9 * 2 = 18 dollars.\n#### 18", True, "normalized"),
+        (r"90^\circ", "90", True, "normalized"),
+        # factorials: 5! is 120, not 5 (a math-verify false positive on bare text)
+        ("5!", "5", False, "mismatch"),
+        ("5!", "120", True, "normalized"),
+        ("n!", "n!", True, "exact"),
+        ("(n-1)!", "n!", False, "mismatch"),
+        # yes / no
+        ("No", "No", True, "exact"),
+        ("no, it is not possible", "No", True, "normalized"),
+        ("Yes", "No", False, "mismatch"),
+        ("No", "No integer solutions", True, "exact"),
+        ("No", "0 (i.e., no such values)", True, "exact"),
+        # intervals and tuples
+        ("[-1,1]", r"\left[-1, 1\right]", True, "normalized"),
+        ("(0, ∞)", r"(0,\infty)", True, "normalized"),
+        (r"[-\frac{1}{2}, 1)", "[-0.5, 1)", True, "math_verify"),
+        ("(x, y) = (0, 0)", "x=y=0", True, "normalized"),
+        ("x = 6, y = 5", "x=6, y=5", True, "normalized"),
+        ("9, 4, 1", "1, 4 and 9", True, "normalized"),
+        ("376, 625", "376 and 625", True, "normalized"),
+        # a named answer against an unnamed reference
+        ("L = 4", "The limit exists and is equal to 4", True, "normalized"),
+        ("a_2 = -36", "120", False, "mismatch"),
+        # text references compare as text only
+        ("monotonically increasing", "Monotonically increasing", True, "normalized"),
+        ("20", "Always greater than 20", False, "mismatch"),
+    ],
+)
+def test_equivalence(inline, answer, reference, correct, method):
+    assert inline.grade_answers([answer], [reference]) == [Verdict(answer, correct, method)]
+
+
+def test_cheap_path_leaves_symbolic_pairs_open():
+    assert cheap_compare("x+1", "1+x") is None
+    assert cheap_compare("17", "17") == "exact"
+    assert cheap_compare("17", "18") == "mismatch"
+
+
+def test_grade_many_extracts_then_grades(inline):
+    responses = [
+        r"First guess \boxed{3}, but correcting: \boxed{\frac{1}{2}}",
+        "So, the number of ways is 2^(n-1).",
+        "Therefore, it is impossible.",
+        "I could not solve this.",
+    ]
+    verdicts = inline.grade_many(responses, ["0.5", "2^{n-1}", "No", "7"])
+    assert verdicts == [
+        Verdict(r"\frac{1}{2}", True, "normalized"),
+        Verdict("2^(n-1)", True, "normalized"),
+        Verdict("No", True, "exact"),
+        Verdict(None, False, "no_answer"),
+    ]
+
+
+def test_length_and_type_errors(inline):
+    with pytest.raises(ValueError, match="2 answers but 1 references"):
+        inline.grade_answers(["1", "2"], ["1"])
+    with pytest.raises(TypeError, match=r"answers\[1\] must be a string or None, got int"):
+        inline.grade_answers(["1", 2], ["1", "2"])
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        Grader(timeout_s=0)
+
+
+CALLS = []
+
+
+def counting_checker(answer, variants, timeout):
+    CALLS.append((answer, variants))
+    return True, "math_verify"
+
+
+def test_cache_grades_duplicates_once():
+    CALLS.clear()
+    with Grader(workers=0, checker=counting_checker) as grader:
+        first = grader.grade_answers(["x+1", "x+1", "y+2"], ["1+x", "1+x", "2+y"])
+        again = grader.grade_answers(["x+1"], ["1+x"])
+    assert CALLS == [("x+1", ("1+x",)), ("y+2", ("2+y",))]
+    assert first == [Verdict("x+1", True, "math_verify")] * 2 + [Verdict("y+2", True, "math_verify")]
+    assert again == [Verdict("x+1", True, "math_verify")]
+
+
+def broken_checker(answer, variants, timeout):
+    raise RuntimeError("simulated grader bug")
+
+
+def test_checker_errors_become_error_verdicts():
+    with Grader(workers=0, checker=broken_checker) as grader:
+        assert grader.grade_answers(["x+1"], ["1+x"]) == [Verdict("x+1", False, "error")]
+
+
+def stalling_checker(answer, variants, timeout):
+    """Stands in for math-verify on a hanging input (Math-Verify issue #65)."""
+    if answer == "1+x":  # hangs in Python code: the worker's own alarm interrupts it
+        time.sleep(30)
+    if answer == "3+x":  # hangs where no signal gets through: only the parent can kill it
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        time.sleep(30)
+    return True, "math_verify"
+
+
+def test_hanging_pairs_time_out_and_the_batch_carries_on():
+    answers = ["1+x", "2+x", "3+x", "4+x"]
+    start = time.monotonic()
+    with Grader(timeout_s=0.5, workers=1, checker=stalling_checker) as grader:
+        verdicts = grader.grade_answers(answers, ["x+1", "x+2", "x+3", "x+4"])
+    assert verdicts == [
+        Verdict("1+x", False, "timeout"),
+        Verdict("2+x", True, "math_verify"),
+        Verdict("3+x", False, "timeout"),  # the worker was killed and replaced
+        Verdict("4+x", True, "math_verify"),
+    ]
+    assert time.monotonic() - start < 20
+
+
+def test_math_verify_in_worker_processes():
+    with Grader(timeout_s=5.0, workers=2) as grader:
+        verdicts = grader.grade_answers(["x+1", "2 * 2^m", "x+2", "17"], ["1+x", "2^(m+1)", "1+x", "17"])
+    assert [(v.correct, v.method) for v in verdicts] == [
+        (True, "math_verify"), (True, "math_verify"), (False, "mismatch"), (True, "exact")]
+
+
+# ----------------------------------------------------------------------------- grade_file
+
+def write_lines(path, lines):
+    path.write_bytes(b"".join(line if isinstance(line, bytes) else line.encode() + b"\n" for line in lines))
+
+
+def test_grade_file_round_trip(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out" / "graded.jsonl"
+    rows = [
+        {"id": 1, "response": r"so \boxed{252}", "reference": "C(10, 5), or equivalently 252"},
+        {"id": 2, "response": "Thus, there are 12 ways.", "reference": 13},
+        {"id": 3, "response": "no idea", "reference": "7", "extra": {"kept": True}},
+        {"id": 4, "response": "The answer is $\\frac{1}{2}$.", "reference": ["$0.5$"]},
+    ]
+    write_lines(src, [json.dumps(r) for r in rows] + [""])  # a trailing blank line is fine
+    summary = grade_file(src, out, workers=0)
+    assert summary == {"n": 4, "correct": 2, "accuracy": 0.5,
+                       "by_method": {"exact": 1, "mismatch": 1, "no_answer": 1, "normalized": 1}}
+    graded = [json.loads(line) for line in out.read_text().splitlines()]
+    assert graded == [
+        {**rows[0], "extracted_answer": "252", "correct": True, "grade_method": "exact"},
+        {**rows[1], "extracted_answer": "12", "correct": False, "grade_method": "mismatch"},
+        {**rows[2], "extracted_answer": None, "correct": False, "grade_method": "no_answer"},
+        {**rows[3], "extracted_answer": r"\frac{1}{2}", "correct": True, "grade_method": "normalized"},
+    ]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["graded.jsonl"]  # no temp file left
+
+
+def test_grade_file_custom_fields(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [json.dumps({"completion": "#### 18", "answer": "... #### 18"})])
+    summary = grade_file(src, out, workers=0, response_field="completion", reference_field="answer")
+    assert summary == {"n": 1, "correct": 1, "accuracy": 1.0, "by_method": {"exact": 1}}
+
+
+GOOD = json.dumps({"response": "The answer is 1.", "reference": "1"})
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([GOOD, '{"response": "x", "reference": '], r"in\.jsonl, line 2: invalid JSON"),
+        ([GOOD, json.dumps({"reference": "1"})], r"in\.jsonl, line 2: field 'response' is missing"),
+        ([GOOD, GOOD, json.dumps({"response": 5, "reference": "1"})],
+         r"in\.jsonl, line 3: field 'response' must be a string, got int"),
+        ([json.dumps({"response": "x", "reference": None})],
+         r"in\.jsonl, line 1: field 'reference' must be a string, a number or a list of strings, got NoneType"),
+        ([json.dumps({"response": "x", "reference": True})], r"in\.jsonl, line 1: field 'reference' .* got bool"),
+        ([GOOD, b'{"response": "caf\xe9", "reference": "1"}\n'], r"in\.jsonl, line 2: not valid UTF-8"),
+        ([json.dumps(["response", "reference"])], r"in\.jsonl, line 1: expected a JSON object, got list"),
+        ([], r"in\.jsonl: empty file"),
+        (["", "   "], r"in\.jsonl: empty file"),
+    ],
+)
+def test_grade_file_bad_input(tmp_path, lines, message):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, lines)
+    out.write_text("previous results\n")
+    with pytest.raises(GradingInputError, match=message):
+        grade_file(src, out, workers=0)
+    assert out.read_text() == "previous results\n"  # untouched, never half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_grade_file_missing_input(tmp_path):
+    with pytest.raises(GradingInputError, match=r"nope\.jsonl: cannot read"):
+        grade_file(tmp_path / "nope.jsonl", tmp_path / "out.jsonl", workers=0)
+    assert not (tmp_path / "out.jsonl").exists()

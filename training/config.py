@@ -1,0 +1,210 @@
+"""Typed, validated view of the ``train:`` section of params.yaml (and its ``paper:`` preset).
+
+``train.preset`` picks the settings: ``default`` uses ``train:`` as written (the small CPU
+recipe); ``paper`` overlays ``paper.train`` on it (and the student stage swaps in
+``paper.student``), so one DVC flag switches the whole recipe:
+
+    dvc exp run -S 'train.preset=paper'
+
+Because the preset is a plain scalar in ``train:``, DVC sees the switch as a params change of
+``train`` and re-runs exactly the stages that read it. Errors name the key and say what is wrong.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+PRESETS = ("default", "paper")
+METHODS = ("full", "lora")
+OVER_CUTOFF = ("error", "drop")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
+# Keys of ``train:`` that describe *what* to train rather than *how*: a preset may not change them.
+_NOT_PRESETTABLE = ("mixes", "preset")
+
+
+class TrainParamsError(ValueError):
+    """A ``train:`` / ``paper:`` value is missing or wrong; the message names the key."""
+
+
+@dataclass
+class LoraParams:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = False                # also save the adapter merged into the base weights (merged/)
+
+
+@dataclass
+class TrainParams:
+    mixes: list[str]
+    preset: str = "default"
+    method: str = "full"
+    epochs: float = 1.0
+    max_steps: int | None = None       # overrides epochs when set
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    cutoff_len: int = 1024
+    over_cutoff: str = "error"         # error | drop (with a logged count)
+    packing: bool = True
+    pack_tokens: int = 2048            # token budget of one pack (packing on)
+    batch_size: int = 1                # per device: packs (packing on) or examples (packing off)
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    bf16: bool | str = "auto"          # auto: only where the GPU supports it
+    seed: int = 42
+    save_steps: int = 5
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    deepspeed: str | None = None       # path to a DeepSpeed JSON config (GPU only)
+    lora: LoraParams = field(default_factory=LoraParams)
+
+    def to_flat_dict(self) -> dict:
+        """``{"lora.r": 16, "learning_rate": 5e-05, ...}``: for tracking and fingerprints."""
+        flat = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+
+def _fail(key: str, message: str):
+    raise TrainParamsError(f"train.{key}: {message}")
+
+
+def _check_unknown(data: dict, cls, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainParamsError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate(p: TrainParams, mix_names: list[str]) -> None:
+    if not isinstance(p.mixes, list) or not p.mixes:
+        _fail("mixes", f"expected a non-empty list of mix names (known: {sorted(mix_names)})")
+    for name in p.mixes:
+        if name not in mix_names:
+            _fail("mixes", f"unknown mix '{name}' (mixes under mix.mixes: {sorted(mix_names)})")
+    if len(set(p.mixes)) != len(p.mixes):
+        _fail("mixes", f"lists a mix twice: {p.mixes}")
+    if p.preset not in PRESETS:
+        _fail("preset", f"'{p.preset}' must be one of {', '.join(PRESETS)}")
+    if p.method not in METHODS:
+        _fail("method", f"'{p.method}' must be one of {', '.join(METHODS)}")
+    if p.over_cutoff not in OVER_CUTOFF:
+        _fail("over_cutoff", f"'{p.over_cutoff}' must be one of {', '.join(OVER_CUTOFF)}")
+    if p.lr_scheduler not in SCHEDULERS:
+        _fail("lr_scheduler", f"'{p.lr_scheduler}' must be one of {', '.join(SCHEDULERS)}")
+    if not _is_number(p.learning_rate) or p.learning_rate <= 0:
+        _fail("learning_rate", f"{p.learning_rate!r} must be a number > 0")
+    if not _is_number(p.epochs) or p.epochs <= 0:
+        _fail("epochs", f"{p.epochs!r} must be a number > 0")
+    if p.max_steps is not None and (not _is_int(p.max_steps) or p.max_steps <= 0):
+        _fail("max_steps", f"{p.max_steps!r} must be a positive integer or null")
+    if not _is_number(p.warmup_ratio) or not 0 <= p.warmup_ratio < 1:
+        _fail("warmup_ratio", f"{p.warmup_ratio!r} must be in [0, 1)")
+    for key in ("weight_decay", "max_grad_norm"):
+        value = getattr(p, key)
+        if not _is_number(value) or value < 0:
+            _fail(key, f"{value!r} must be a number >= 0")
+    for key in ("cutoff_len", "pack_tokens", "batch_size", "grad_accum", "save_steps",
+                "save_total_limit", "logging_steps"):
+        value = getattr(p, key)
+        if not _is_int(value) or value <= 0:
+            _fail(key, f"{value!r} must be a positive integer")
+    if not _is_int(p.seed):
+        _fail("seed", f"{p.seed!r} must be an integer")
+    for key in ("packing", "gradient_checkpointing"):
+        if not isinstance(getattr(p, key), bool):
+            _fail(key, f"{getattr(p, key)!r} must be true or false")
+    if p.packing and p.pack_tokens < p.cutoff_len:
+        # A pack must hold the longest allowed example, or that example could never be trained on.
+        _fail("pack_tokens", f"{p.pack_tokens} is below cutoff_len {p.cutoff_len}; a pack must fit one "
+                             "full-length example")
+    if p.bf16 not in ("auto", True, False):
+        _fail("bf16", f"{p.bf16!r} must be auto, true or false")
+    if p.deepspeed is not None:
+        if not isinstance(p.deepspeed, str) or not Path(p.deepspeed).is_file():
+            _fail("deepspeed", f"{p.deepspeed!r} is not a file (expected null or a DeepSpeed JSON config "
+                               "such as configs/deepspeed_zero3.json)")
+    lora = p.lora
+    if not _is_int(lora.r) or lora.r <= 0:
+        _fail("lora.r", f"LoRA rank {lora.r!r} must be a positive integer")
+    if not _is_number(lora.alpha) or lora.alpha <= 0:
+        _fail("lora.alpha", f"{lora.alpha!r} must be a number > 0")
+    if not _is_number(lora.dropout) or not 0 <= lora.dropout < 1:
+        _fail("lora.dropout", f"{lora.dropout!r} must be in [0, 1)")
+    if (not isinstance(lora.target_modules, (list, str)) or not lora.target_modules
+            or (isinstance(lora.target_modules, list)
+                and not all(isinstance(m, str) and m for m in lora.target_modules))):
+        _fail("lora.target_modules", f"{lora.target_modules!r} must be a non-empty list of module names "
+                                     "(or 'all-linear')")
+    if not isinstance(lora.merge, bool):
+        _fail("lora.merge", f"{lora.merge!r} must be true or false")
+
+
+def effective_train_section(params: dict) -> dict:
+    """The ``train:`` mapping with the selected preset applied (``paper.train`` over ``train``)."""
+    raw = params.get("train")
+    if not isinstance(raw, dict):
+        raise TrainParamsError("params: section 'train' is missing or not a mapping")
+    merged = dict(raw)
+    preset = merged.get("preset", "default")
+    if preset == "paper":
+        paper = params.get("paper")
+        if not isinstance(paper, dict) or not isinstance(paper.get("train"), dict):
+            raise TrainParamsError("train.preset: 'paper' needs a 'paper:' section with a 'train:' mapping")
+        overrides = paper["train"]
+        fixed = sorted(set(overrides) & set(_NOT_PRESETTABLE))
+        if fixed:
+            raise TrainParamsError(f"paper.train: {fixed} cannot be set by a preset (they choose what to "
+                                   "train, not how); set them under train:")
+        _check_unknown(overrides, TrainParams, "paper.train")
+        if "lora" in overrides:
+            # Merge the LoRA block key by key so a preset may change just the rank.
+            merged["lora"] = {**(merged.get("lora") or {}), **(overrides["lora"] or {})}
+            overrides = {k: v for k, v in overrides.items() if k != "lora"}
+        merged.update(overrides)
+    return merged
+
+
+def parse_train(params: dict, mix_names) -> TrainParams:
+    """Validate ``train:`` (with its preset applied) against the mixes defined under ``mix.mixes``.
+
+    ``train.mixes`` may be left out or null to mean every mix.
+    """
+    mix_names = list(mix_names)
+    raw = effective_train_section(params)
+    _check_unknown(raw, TrainParams, "train")
+    raw = dict(raw)
+    if raw.get("mixes") is None:
+        raw["mixes"] = list(mix_names)
+    lora_raw = raw.get("lora") or {}
+    if not isinstance(lora_raw, dict):
+        raise TrainParamsError("train.lora: expected a mapping {r, alpha, dropout, target_modules, merge}")
+    _check_unknown(lora_raw, LoraParams, "train.lora")
+    raw["lora"] = LoraParams(**lora_raw)
+    # YAML reads 5e-5 (no dot) as a string; accept numeric strings rather than fail on notation.
+    for key in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epochs"):
+        if isinstance(raw.get(key), str):
+            try:
+                raw[key] = float(raw[key])
+            except ValueError:
+                _fail(key, f"{raw[key]!r} is not a number")
+    params_obj = TrainParams(**raw)
+    _validate(params_obj, mix_names)
+    return params_obj
