@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection, wait
@@ -136,6 +136,145 @@ def _compare_numbers(answer: str, variant: str) -> str | None:
     return None
 
 
+# ---- numeric probing: two expressions that differ at a point where both are defined are not equal
+# (the randomised identity test). Variables are integers in these problems, so probe at integers,
+# with n large and the others small so binomials like C(n+1, 2m+1) stay in their natural range.
+_TOKEN_RE = re.compile(r"\s*(sqrt|floor|ceil|pi|C(?=\()|\d+(?:\.\d+)?|[A-Za-z]|[-+*/^(),!])")
+_FUNCS = {"sqrt", "floor", "ceil", "C"}
+_PROBES = ({"n": 29, "N": 31}, {"n": 37, "N": 41})
+_SMALL = ((3, 5, 7, 11, 13, 17, 19), (4, 6, 9, 10, 14, 15, 21))
+
+
+def _tokens(norm: str) -> list[str] | None:
+    s = norm
+    while (t := re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)) != s:  # innermost first
+        s = t
+    s = re.sub(r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r"C(\1,\2)", s)
+    s = re.sub(r"\\lfloor(.*?)\\rfloor", r"floor(\1)", re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", s))
+    s = s.replace("{", "(").replace("}", ")").replace("\\cdot", "*").replace("\\pi", "pi")
+    found = _TOKEN_RE.findall(s)
+    return found if "".join(found) == re.sub(r"\s+", "", s) else None
+
+
+def _evaluate(tokens: list[str], env: dict[str, int]):
+    """Exact (Fraction) where possible, float otherwise; raises on anything undefined or huge."""
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else ""
+
+    def take(expected=None):
+        nonlocal pos
+        tok = peek()
+        if not tok or (expected and tok != expected):
+            raise ValueError(f"expected {expected or 'more'} at {pos}")
+        pos += 1
+        return tok
+
+    def expr():
+        value = term()
+        while peek() in ("+", "-"):
+            value = value + term() if take() == "+" else value - term()
+        return value
+
+    def term():
+        value = juxtaposed()
+        while peek() in ("*", "/"):
+            value = value * juxtaposed() if take() == "*" else value / juxtaposed()
+        return value
+
+    def juxtaposed():  # "2n(n-1)" multiplies, binding tighter than "/" ("b/2a" is b/(2a), as in math-verify)
+        value = unary()
+        while peek() and (peek()[0].isalnum() or peek() == "("):
+            value = value * power()
+        return value
+
+    def unary():
+        return -unary() if peek() == "-" and take() else power()
+
+    def power():
+        base = postfix()
+        if peek() != "^":
+            return base
+        take()
+        exp = unary()
+        if isinstance(base, Fraction) and isinstance(exp, Fraction) and exp.denominator == 1 and abs(exp) <= 400:
+            return base ** int(exp)
+        return float(base) ** float(exp)  # complex or overflow raise below
+
+    def postfix():
+        value = atom()
+        while peek() == "!":
+            take()
+            if not (isinstance(value, Fraction) and value.denominator == 1 and 0 <= value <= 300):
+                raise ValueError("factorial of a non-integer")
+            value = Fraction(math.factorial(int(value)))
+        return value
+
+    def atom():
+        tok = take()
+        if tok == "(":
+            value = expr()
+            take(")")
+            return value
+        if tok in _FUNCS:
+            take("(")
+            args = [expr()]
+            while peek() == ",":
+                take()
+                args.append(expr())
+            take(")")
+            return _call(tok, args)
+        if tok == "pi":
+            return math.pi
+        if tok[0].isdigit():
+            return Fraction(tok)
+        return Fraction(env[tok])
+
+    value = expr()
+    if pos != len(tokens) or isinstance(value, complex) or abs(value) > 1e300:
+        raise ValueError("not a finite real value")
+    return value
+
+
+def _call(name: str, args: list):
+    if name == "C":
+        n, k = args
+        if not all(isinstance(a, Fraction) and a.denominator == 1 for a in args) or n < 0 or n > 1000:
+            raise ValueError("binomial outside the integers")
+        return Fraction(math.comb(int(n), int(k)) if k >= 0 else 0)
+    (x,) = args
+    if name == "sqrt":
+        root = math.isqrt(x.numerator) if isinstance(x, Fraction) and x >= 0 else -1
+        if root >= 0 and root * root == x.numerator and math.isqrt(x.denominator) ** 2 == x.denominator:
+            return Fraction(root, math.isqrt(x.denominator))
+        return math.sqrt(x)
+    return Fraction(math.floor(x) if name == "floor" else math.ceil(x))
+
+
+def _probe(na: str, nv: str, letters: frozenset[str]) -> str | None:
+    """"mismatch" if the two differ at an integer point; "normalized" if two constants are exactly
+    equal; None when undecided (equal everywhere probed, or not evaluable here)."""
+    ta, tv = _tokens(na), _tokens(nv)
+    if ta is None or tv is None:
+        return None
+    decimal = "." in na or "." in nv  # a rounded decimal may stand for an exact value
+    for probe, small in zip(_PROBES, _SMALL):
+        others = iter(small)
+        env = {v: probe.get(v) or next(others) for v in sorted(letters)}
+        try:
+            a, v = _evaluate(ta, env), _evaluate(tv, env)
+        except (ArithmeticError, ValueError, TypeError, KeyError, RecursionError, StopIteration):
+            continue
+        exact = isinstance(a, Fraction) and isinstance(v, Fraction) and not decimal
+        gap = abs(a - v) / max(1, abs(a), abs(v))
+        if (exact and a != v) or gap > (1e-3 if decimal else 1e-9):
+            return "mismatch"
+        if exact and not letters:
+            return "normalized"  # "C(10,5)" and "252": the same constant, computed exactly
+    return None
+
+
 def cheap_compare(answer: str, variant: str) -> str | None:
     """"exact", "normalized" or "mismatch" when settled without math-verify, else None."""
     if answer.strip() == variant.strip():
@@ -153,9 +292,11 @@ def cheap_compare(answer: str, variant: str) -> str | None:
     if _is_text(na) or _is_text(nv):
         return "mismatch"  # math-verify would read English words as products of symbols
     letters_a, letters_v = _free_letters(na), _free_letters(nv)
-    if letters_a is not None and letters_v is not None and letters_a != letters_v:
+    if letters_a is None or letters_v is None:
+        return None
+    if letters_a != letters_v:
         return "mismatch"  # "n + s" is never "n^2/(n-1)"; strict math-verify agrees (variables matter)
-    return None
+    return _probe(na, nv, letters_a)
 
 
 # ----------------------------------------------------------------------------- math-verify
@@ -188,6 +329,11 @@ def to_latex(expr: str) -> str:
 
 
 
+# Parsed expressions by LaTeX source, per process: a reference is parsed once, not once per answer
+# (sympy objects are immutable, so sharing them is safe). Least recently used entries go first.
+_PARSED: OrderedDict[str, list] = OrderedDict()
+
+
 def math_verify_check(answer: str, variants: tuple[str, ...], timeout: int | None) -> tuple[bool, str]:
     """math-verify on one answer against reference variants: (correct, "math_verify"|"mismatch"|"timeout").
 
@@ -198,19 +344,22 @@ def math_verify_check(answer: str, variants: tuple[str, ...], timeout: int | Non
     from math_verify.errors import TimeoutException
 
     timed_out = False
-    memo: dict[str, list] = {}
 
     def parsed(text: str) -> list:
         nonlocal timed_out
-        if text not in memo:
-            memo[text] = []
+        latex = to_latex(text)
+        if latex not in _PARSED:
             try:
-                memo[text] = parse(to_latex(text), parsing_timeout=timeout, raise_on_error=True)
+                _PARSED[latex] = parse(latex, parsing_timeout=timeout, raise_on_error=True)
             except TimeoutException:
                 timed_out = True
+                return []
             except Exception:  # noqa: BLE001 - unparsable: nothing to compare
-                pass
-        return memo[text]
+                _PARSED[latex] = []
+            if len(_PARSED) > 4096:
+                _PARSED.popitem(last=False)
+        _PARSED.move_to_end(latex)
+        return _PARSED[latex]
 
     unnamed = _NAMES_RE.sub("", answer)
     for variant in variants:

@@ -33,7 +33,8 @@ def inline():
         ("2^{n-1}", "2^(n-1)", True, "normalized"),
         ("2 * 2^m", "2^(m+1)", True, "math_verify"),
         ("n(n-3)/2", r"\frac{n(n-3)}{2}", True, "math_verify"),
-        ("C(10,5)", "252", True, "math_verify"),
+        ("C(10,5)", "252", True, "normalized"),  # two constants, computed exactly
+        ("n(n-3)/2", "n(n-1)/2", False, "mismatch"),  # they differ at n = 29: no math-verify needed
         ("1/sqrt(3)", "sqrt(3)/3, or equivalently 1/sqrt(3)", True, "exact"),
         ("1/√3", "sqrt(3)/3, or equivalently 1/sqrt(3)", True, "normalized"),
         (r"\frac{\sqrt{3}}{3}", "1/sqrt(3)", True, "math_verify"),

@@ -1,0 +1,119 @@
+"""The train@MIX stage end to end on a tiny project: outputs, MLflow run, refusals, resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.train import main as train_main
+from tests.training.helpers import REPO, make_project, make_rows, read_json, train_section
+
+
+@pytest.fixture()
+def project(tmp_path, tokenizer, monkeypatch):
+    root = make_project(tmp_path, tokenizer, make_rows(8), train_section(max_steps=3, save_steps=2))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root
+
+
+def test_train_stage_writes_checkpoint_metrics_and_mlflow_run(project):
+    assert train_main(["--mix", "tiny"]) == 0
+
+    out = project / "models" / "checkpoints" / "tiny"
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+            "train_metrics.json", "mlflow_run_id.txt"} <= files
+    metrics = read_json(out / "train_metrics.json")
+    assert metrics == read_json(project / "models" / "checkpoints" / "tiny.train_metrics.json")
+    assert metrics["steps"] == 3 and metrics["n_examples"] == 8 and metrics["padding_efficiency"] == 1.0
+    assert metrics["tokens_per_second"] > 0 and metrics["final_loss"] > 0
+    assert not (project / "models" / "checkpoints" / ".work" / "tiny").exists()     # cleaned on success
+
+    import mlflow
+
+    run = mlflow.get_run((out / "mlflow_run_id.txt").read_text().strip())
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.learning_rate"] == "0.001" and params["train.packing"] == "True"
+    assert params["mix.shares.long"] == "0.5" and params["mix.n_rows"] == "8"
+    assert params["student.source"].endswith("tiny_source")
+    assert params["learning_rate"] == "0.001"                   # TrainingArguments, via report_to=mlflow
+    assert run.data.tags["mixdistill.mix"] == "tiny"
+    assert "mixdistill.git_commit" in run.data.tags
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "tokens_per_second")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == 3
+    dataset_inputs = run.inputs.dataset_inputs
+    assert len(dataset_inputs) == 1
+    manifest = read_json(project / "data" / "mixes" / "tiny" / "manifest.json")
+    assert dataset_inputs[0].dataset.digest == manifest["rows_digest"]
+    assert dataset_inputs[0].dataset.name == "tiny"
+    assert dataset_inputs[0].tags[0].value == "training"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert {"checkpoint/model.safetensors", "checkpoint/tokenizer.json"} <= artifacts
+
+
+def test_refuses_a_mix_that_fails_verification(tmp_path, tokenizer, monkeypatch):
+    root = make_project(tmp_path, tokenizer, make_rows(4), contract_success=False)
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit, match=r"train@tiny: refusing to train on mix 'tiny': it failed verification: "
+                                         r"mix 'tiny': source 'src_long' failed its contract"):
+        train_main(["--mix", "tiny"])
+    assert not (root / "models" / "checkpoints" / "tiny").exists()
+
+
+def test_refuses_an_unknown_mix_and_a_stale_student(project):
+    with pytest.raises(SystemExit, match=r"train@nope: --mix: unknown mix 'nope' \(mixes under mix.mixes: \['tiny'\]\)"):
+        train_main(["--mix", "nope"])
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["student"]["model"] = "Qwen/Qwen2.5-3B-Instruct"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"was converted from '.*tiny_source' but the params ask for "
+                                         r"'Qwen/Qwen2.5-3B-Instruct': rerun the student stage"):
+        train_main(["--mix", "tiny"])
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tokenizer):
+    """A real process killed mid-run; the rerun resumes from its checkpoint, in the same MLflow run."""
+    root = make_project(tmp_path, tokenizer, make_rows(24),
+                        train_section(max_steps=40, save_steps=5, pack_tokens=256, learning_rate=1e-4))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "PYTHONPATH": str(REPO)}
+    work = root / "models" / "checkpoints" / ".work" / "tiny"
+    command = [sys.executable, "-m", "pipelines.train", "--mix", "tiny"]
+    first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while not (work / "checkpoint-10" / "trainer_state.json").exists():
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    run_id = (work / "mlflow_run_id.txt").read_text().strip()
+    saved = max(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+    assert 10 <= saved < 40
+
+    second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from models/checkpoints/.work/tiny/checkpoint-{saved}" in second.stderr
+    out = root / "models" / "checkpoints" / "tiny"
+    metrics = read_json(out / "train_metrics.json")
+    assert metrics["resumed_from_step"] == saved and metrics["steps"] == 40
+    assert (out / "mlflow_run_id.txt").read_text().strip() == run_id
+
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")]
+    assert sorted(set(steps)) == list(range(1, 41))            # both sessions logged into one run
+    assert Path(work).exists() is False
