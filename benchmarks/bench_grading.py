@@ -15,8 +15,9 @@ the response changed) so a long run is not all cache hits. Three ways to grade, 
 
 The two sequential baselines run on the first `--plain-limit` pairs only and are extrapolated
 linearly to all pairs (marked "extrapolated"). Agreement is measured on that subset. Also
-reports, on CHAMP GPT-4 0-shot, the share of solutions with an extracted answer and graded
-correct. Writes benchmarks/results/grading.json.
+reports the per-pair cost of the cheap path vs math-verify on pairs whose answer and reference are
+plain numbers (the common case), and, on CHAMP GPT-4 0-shot, the share of solutions with an
+extracted answer and graded correct. Writes benchmarks/results/grading.json.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.answers import extract_answer, reference_variants  # noqa: E402
-from evaluation.grading import Grader, to_latex  # noqa: E402
+from evaluation.grading import Grader, cheap_compare, to_latex  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grading.json"
 
@@ -112,6 +113,35 @@ def time_extract_then_mv(pairs) -> dict:
     return {"seconds": seconds, "pairs_per_s": len(pairs) / seconds, "verdicts": out}
 
 
+def time_numeric_common_case(pairs, limit: int) -> dict:
+    """The common case the cheap path exists for: answer and reference are both plain numbers.
+    Per-pair cost of `cheap_compare` vs math-verify (parse both + verify) on the same strings."""
+    from math_verify import parse, verify
+
+    numeric = []
+    for response, ref in pairs:
+        answer, variants = extract_answer(response), reference_variants(ref)
+        if answer and variants and all(re.fullmatch(r"-?[\d,]+(?:\.\d+)?", x) for x in (answer, variants[0])):
+            numeric.append((answer, variants[0]))
+    numeric = numeric[:limit]
+    # both sides start cold: our normalisation cache and math-verify's parse caches are emptied
+    from math_verify import parser as mv_parser
+
+    from evaluation.answers import normalize_answer
+    normalize_answer.cache_clear()
+    mv_parser.parse_latex_cached.cache_clear()
+    mv_parser.parse_expr_cached.cache_clear()
+    start = time.perf_counter()
+    cheap = [cheap_compare(a, v) in ("exact", "normalized") for a, v in numeric]
+    cheap_s = time.perf_counter() - start
+    start = time.perf_counter()
+    mv = [bool(verify(parse(to_latex(v)), parse(to_latex(a)))) for a, v in numeric]
+    mv_s = time.perf_counter() - start
+    return {"pairs": len(numeric), "cheap_us_per_pair": 1e6 * cheap_s / len(numeric),
+            "math_verify_us_per_pair": 1e6 * mv_s / len(numeric), "speedup": mv_s / cheap_s,
+            "agree": sum(x == y for x, y in zip(cheap, mv))}
+
+
 def agreement(a: list[bool], b: list[bool]) -> dict:
     both = sum(x == y for x, y in zip(a, b))
     return {"n": len(a), "agree": both, "rate": both / len(a),
@@ -138,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     plain = time_plain(subset)
     ours_mv = time_extract_then_mv(subset)
     champ = time_grader(gpt4, args.workers, args.timeout)
+    numeric = time_numeric_common_case(pairs, args.plain_limit)
 
     n, k = len(pairs), len(subset)
     rows = [
@@ -154,10 +185,15 @@ def main(argv: list[str] | None = None) -> dict:
     agree_plain = agreement(grader_subset, plain["verdicts"])
     agree_mv = agreement(grader_subset, ours_mv["verdicts"])
     print(f"\nagreement with grader on the first {k} pairs: plain math-verify {agree_plain['rate']:.1%} "
-          f"(grader-only correct {agree_plain['only_first_correct']}, plain-only {agree_plain['only_second_correct']}); "
+          f"(grader-only correct {agree_plain['only_first_correct']}, "
+          f"plain-only {agree_plain['only_second_correct']}); "
           f"extract + math-verify {agree_mv['rate']:.1%}")
     print(f"speed-up vs plain: {grader['pairs_per_s'] / plain['pairs_per_s']:.0f}x; "
           f"vs extract + math-verify: {grader['pairs_per_s'] / ours_mv['pairs_per_s']:.0f}x")
+    print(f"numeric answers (common case), {numeric['pairs']} pairs: "
+          f"cheap path {numeric['cheap_us_per_pair']:.0f} us/pair, "
+          f"math-verify {numeric['math_verify_us_per_pair']:.0f} us/pair ({numeric['speedup']:.0f}x), "
+          f"agreeing on {numeric['agree']}/{numeric['pairs']}")
     print(f"grader methods: {grader['by_method']}; work: {grader['work']} "
           f"(cached = duplicate pairs, cheap = settled without math-verify)")
     g4 = len(gpt4)
@@ -175,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         "extract_then_math_verify": {**ours_mv, "extrapolated_seconds_all_pairs": n / ours_mv["pairs_per_s"]},
         "speedup_vs_plain": grader["pairs_per_s"] / plain["pairs_per_s"],
         "speedup_vs_extract_then_math_verify": grader["pairs_per_s"] / ours_mv["pairs_per_s"],
-        "agreement_with_plain": agree_plain, "agreement_with_extract_then_math_verify": agree_mv,
+        "numeric_common_case": numeric, "agreement_with_plain": agree_plain,
+        "agreement_with_extract_then_math_verify": agree_mv,
         "champ_gpt4_0shot": {"n": g4, "extracted": extracted, "extraction_rate": extracted / g4,
                              "correct": champ["correct"], "accuracy": champ["correct"] / g4,
                              "by_method": champ["by_method"]},

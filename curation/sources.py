@@ -313,6 +313,10 @@ def load_source(source, *, champ_settings: list[str], heldout: pl.DataFrame,
         frame = champ_traces(source, champ_settings, heldout_ids)
     elif source.kind == "champ_human":
         frame = champ_human_traces(source, heldout_ids)
+    elif source.kind == "generate":
+        from curation.teacher import generate_traces  # the engines stay off the import path
+
+        frame = generate_traces(source, problems, exclude_problem_ids=heldout_ids)
     else:
         by_key = None
         if problems is not None and problems.height:

@@ -21,7 +21,8 @@ __all__ = ["extract_answer", "reference_variants", "normalize_answer"]
 
 # ----------------------------------------------------------------------------- shared patterns
 
-_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$]+?)\$", re.S)
+# $$..$$ and \[..\] may span lines; inline $..$ may not (a lone "$18" is money, not maths)
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|\$([^$\n]+?)\$", re.S)
 _HOLE_RE = re.compile(r"\x00(\d+)\x00")
 # Words that are maths, not English, inside an otherwise plain-text sentence.
 _MATH_WORDS = {"sqrt", "choose", "mod", "infinity", "..."}
@@ -32,6 +33,7 @@ _FILLER = {"given", "by", "the", "expression", "formula", "equal", "to", "exactl
            "answer", "final", "still", "also", "always", "be", "us", "at", "most", "least", ":"}
 _CONNECTORS = {"and", "or", ",", "&"}
 _COPULA_RE = re.compile(r"\b(?:is|are|was|were|equals?|be|becomes|yields|gives|has|have|conclude that|"
+                        r"converges to|tends to|approaches|"
                         r"we (?:get|have|find|obtain)|period of|simplif(?:y|ies|ied) to|reduces to)\b|≈",
                         re.I)
 _REF_COPULA_RE = re.compile(r"\b(?:is|are|equals?|be|of)\b", re.I)  # references also say "period of 8"
@@ -202,16 +204,18 @@ def _tidy_run(run: list[str], spans: list[str]) -> str | None:
     text = " ".join(run).strip()
     if not text.endswith("..."):
         text = re.sub(r"[.,;:?]+$", "", text).strip()
-    text = re.sub(r"\s*\(?\s*(?:mod|\\pmod|\\bmod)\s*\{?\w+\}?\s*\)?$", "", text)  # "2 (mod 7)" -> 2
+    text = re.sub(r"\s*\(?\s*\\?(?:p?mod|bmod)\b\s*\{?\w+\}?\s*\)?$", "", text)  # "2 (mod 7)" -> 2
     text = _restore(text, spans)
     # display-environment debris: "9 \end{aligned}", "x=1 \quad", alignment "&", "\\"
     text = re.sub(r"\\(?:begin|end)\{\w+\*?\}|\\tag\{[^{}]*\}|\\q?quad\b|\\\\|&", " ", text).strip()
     text = re.sub(r"[.,;:]+$", "", text).strip()
+    text = re.sub(r"^[^=]*?(?:≡|\\equiv\b)\s*", "", text).replace("≈", "=")  # "n \equiv 0 (mod 40)" is 0
     # "x = a + b and x = a - b": tidy each listed item on its own
     items = re.split(r"\s+(?:and|or)\s+", text)
     text = " and ".join(_tidy_equation(item) for item in items if item.strip())
-    text = text.replace("≈", "=").strip()
-    return text or None
+    while text.startswith("(") and text.count("(") > text.count(")"):
+        text = text[1:]  # a typo like "((n(n+1)/2)^2": drop the unmatched opening bracket
+    return re.sub(r"^\$(?=\d)", "", text.strip()) or None  # "$18" (money) is 18
 
 
 def _clause_answer(clause: str, strong: bool = False) -> str | None:
@@ -229,6 +233,8 @@ def _clause_answer(clause: str, strong: bool = False) -> str | None:
         return None  # "the answer is that w_200 is ...": the run is a subject, not the answer
     if run:
         return _tidy_run(run, spans)
+    if strong and (found := _sentence_answer(_restore(clause, spans), final=True)):
+        return found  # "Final Answer: The smallest value of s is 1."
     if strong:  # "Final Answer: all real numbers" - keep a short textual answer
         text = _restore(re.split(r"(?<=[a-z])\.\s|\.$", clause.strip())[0], spans).strip(" .*")
         return text if 0 < len(text) <= 60 else None
@@ -271,11 +277,14 @@ def _sentence_answer(sentence: str, reference_mode: bool = False, final: bool = 
         if run and not (j + len(run) < len(tokens) and tokens[j + len(run)].lower() in _COPULA_WORDS):
             return _tidy_run(run, spans)
     count = _COUNT_RE.search(body)
-    if count and (reference_mode or _CONCLUDE_RE.search(sentence) or re.match(r"(?:at least|at most|exactly|only)\b", body, re.I)):
-        return count.group(1)  # "at most two of them can be true" -> 2
+    if count and (reference_mode or re.match(r"(?:at least|at most|exactly|only)\b", body, re.I)):
+        return count.group(1)  # "(So,) at most two of them can be true" -> 2; mid-sentence it echoes the question
     if (negated and decisive) or _NONE_EXIST_RE.search(body) or (
             _NEGATION_RE.search(body) and (reference_mode or _CONCLUDE_RE.search(sentence))):
         return "No"
+    lead, _ = _math_run(tokens, 0)
+    if lead and decisive and len(lead) < len(tokens) and not reference_mode:
+        return _tidy_run(lead, spans)  # "Thus, 0 is the only possible value." / "50 questions suffice."
     if not positions and not reference_mode:  # "So, F(11) = 89." - take the last maths run
         k, last = 0, None
         while k < len(tokens):
@@ -333,6 +342,7 @@ def extract_answer(text: str) -> str | None:
     """
     if not isinstance(text, str) or not text.strip():
         return None
+    text = text.replace("`", "")  # markdown code spans: "Final Answer: `x = 3`"
     boxed = _last_boxed(text)
     if boxed:
         return boxed
@@ -427,12 +437,12 @@ def reference_variants(reference: str | list[str] | int | float) -> list[str]:
     >>> reference_variants("C(10, 5), or equivalently 252")
     ['C(10, 5)', '252']
     """
-    if isinstance(reference, bool):
-        raise TypeError("reference must be a string, number or list of strings, not bool")
-    if isinstance(reference, (int, float)):
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
         reference = repr(reference)
-    elif isinstance(reference, list):
-        reference = json.dumps([str(r) for r in reference])
+    elif isinstance(reference, list) and all(isinstance(r, str) for r in reference):
+        reference = json.dumps(reference)
+    if not isinstance(reference, str):
+        raise TypeError(f"reference must be a string, number or list of strings, not {type(reference).__name__}")
     return list(_variants_cached(reference))
 
 

@@ -1,18 +1,12 @@
 """Equivalence decisions and batch grading of model answers against references.
 
-Order of work, cheapest first:
-
-1. exact string match, then `normalize_answer` match, then an exact rational comparison of plain
-   numbers, yes/no and textual answers. This settles most pairs (identical numbers, "No" vs "No",
-   "12" vs "13") in microseconds;
-2. only pairs the cheap path cannot settle go to math-verify (``parse`` + ``verify``, with the
-   reference as gold). math-verify times itself out with ``signal.alarm`` (no use inside threads)
-   and some inputs hang past that inside C code (Math-Verify issue #65), so its calls run in worker
-   *processes*: each item gets a soft deadline in the worker (``setitimer``) and a hard deadline
-   enforced by the parent, which kills and replaces a worker that overruns. That pair is graded
-   ``timeout``; the rest of the batch carries on.
-
-Verdicts are cached per Grader by (answer, reference), so duplicates cost one grading.
+Cheapest first: exact, then normalised strings, then values (exact rationals; expressions probed
+at integer points), yes/no and text. That settles most pairs in microseconds. Only pairs it cannot
+settle go to math-verify (``parse`` + ``verify``, reference as gold), in worker *processes*:
+math-verify's ``signal.alarm`` timeouts do not work in threads and some inputs hang past them in
+C code (Math-Verify issue #65), so each pair has a soft deadline in the worker and a hard one
+enforced by the parent, which kills and replaces an overrunning worker; that pair is graded
+``timeout`` and the batch carries on. Verdicts are cached per Grader by (answer, reference).
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -29,15 +22,13 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass
-from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable
 
-from evaluation.answers import (_expand_tuple_assignment, _replace_call, extract_answer, normalize_answer,
-                                reference_variants)
+from evaluation.answers import extract_answer, reference_variants
 
 __all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "math_verify_check", "to_latex"]
 
@@ -55,331 +46,7 @@ class GradingInputError(ValueError):
     """Bad grading input; the message names the file, line and field."""
 
 
-# ----------------------------------------------------------------------------- cheap path
-
-_INT_RE = re.compile(r"-?\d+")
-_DEC_RE = re.compile(r"-?\d*\.\d+")
-_FRAC_RE = re.compile(r"(-?\d+)/(\d+)")
-_FACT_RE = re.compile(r"(\d{1,2})!")
-_PCT_RE = re.compile(r"(-?\d+(?:\.\d+)?)%")
-# Words that are maths in a normalised answer; any other run of 3+ letters makes it "text".
-_MATH_NAMES = re.compile(r"sqrt|binom|frac|pi|inf|infty|sum|prod|ln|log|sin|cos|tan|exp|floor|ceil|"
-                         r"lfloor|rfloor|lceil|rceil|choose|mod|bmod|pmod|cdot|ldots|cdots|dots|max|min|gcd|lcm")
-
-
-def _number(norm: str) -> tuple[tuple[Fraction, ...], bool] | None:
-    """Candidate values of a plain number and whether it is exact (no decimal approximation)."""
-    if _INT_RE.fullmatch(norm):
-        return (Fraction(int(norm)),), True
-    if m := _FRAC_RE.fullmatch(norm):
-        return ((Fraction(int(m.group(1)), int(m.group(2))),), True) if int(m.group(2)) else None
-    if m := _FACT_RE.fullmatch(norm):  # "5!" is 120, never 5 (a math-verify false positive)
-        return (Fraction(math.factorial(int(m.group(1)))),), True
-    if _DEC_RE.fullmatch(norm):
-        return (Fraction(norm),), False
-    if m := _PCT_RE.fullmatch(norm):  # "35.7%" may answer either 0.357 or "35.7 percent"
-        value = Fraction(m.group(1))
-        return (value / 100, value), False
-    return None
-
-
-def _numbers(norm: str) -> list[tuple[tuple[Fraction, ...], bool]] | None:
-    norm = norm[1:-1] if norm.startswith("{") and norm.endswith("}") else norm  # a set of numbers
-    items = [_number(part) for part in norm.split(",")] if norm else []
-    return items if items and all(items) else None
-
-
-def _is_text(norm: str) -> bool:
-    return bool(re.search(r"[a-z]{3,}", _MATH_NAMES.sub("", norm.lower())))
-
-
-_KNOWN_COMMANDS = re.compile(r"\\(?:frac|sqrt|binom|cdot|times|lfloor|rfloor|lceil|rceil|log|ln|sin|cos|tan|exp|"
-                             r"infty|pi|ldots|cdots|dots)\b")
-
-
-def _free_letters(norm: str) -> frozenset[str] | None:
-    """Single-letter variables of a normalised expression, or None where that is unclear
-    (relations, unknown LaTeX commands, non-ASCII symbols, or e / i which may be constants)."""
-    bare = _MATH_NAMES.sub("", _KNOWN_COMMANDS.sub("", norm))
-    bare = re.sub(r"(?<![A-Za-z])C(?=\()", "", bare)  # C(n, k) is the binomial, not a variable
-    if re.search(r"[=<>\\!]|[^\x00-\x7f]", bare.replace("!", "")) or re.search(r"(?<![A-Za-z])[ei](?![A-Za-z])", bare):
-        return None
-    return frozenset(re.findall(r"[A-Za-z]", bare))
-
-
-def _strip_lhs(norm: str) -> str:
-    """"f(11)=89" answers "89": drop a lone left-hand side when the reference has none."""
-    parts = norm.split("=")
-    if len(parts) == 2 and re.fullmatch(r"[A-Za-z]\w*(?:\([^()]*\))?|[A-Za-z]_?\(?\w+\)?", parts[0]):
-        return parts[1]
-    return norm
-
-
-def _compare_numbers(answer: str, variant: str) -> str | None:
-    """"normalized" / "mismatch" when both sides are plain numbers (or lists of them), else None."""
-    a, v = _numbers(answer), _numbers(variant)
-    if a is None or v is None:
-        return None
-    if len(a) == 1 and len(v) == 1:
-        (a_vals, a_exact), (v_vals, v_exact) = a[0], v[0]
-        if set(a_vals) & set(v_vals):
-            return "normalized"
-        if a_exact and v_exact:
-            return "mismatch"
-        # A decimal may be a rounding of the reference (math-verify rounds to 6 places): only a
-        # clear miss is settled here, near misses go on to math-verify.
-        gap = min(abs(x - y) for x in a_vals for y in v_vals)
-        return "mismatch" if gap > Fraction(1, 1000) * max(1, abs(v_vals[0])) else None
-    if all(e for _, e in a) and all(e for _, e in v):  # lists of exact numbers: order-free compare
-        same = sorted(x[0][0] for x in a) == sorted(x[0][0] for x in v)
-        return "normalized" if same else "mismatch"
-    return None
-
-
-# ---- numeric probing: two expressions that differ at a point where both are defined are not equal
-# (the randomised identity test). Variables are integers in these problems, so probe at integers,
-# with n large and the others small so binomials like C(n+1, 2m+1) stay in their natural range.
-_TOKEN_RE = re.compile(r"\s*(sqrt|floor|ceil|pi|C(?=\()|\d+(?:\.\d+)?|[A-Za-z]|[-+*/^(),!])")
-_FUNCS = {"sqrt", "floor", "ceil", "C"}
-_PROBES = ({"n": 29, "N": 31}, {"n": 37, "N": 41})
-_SMALL = ((3, 5, 7, 11, 13, 17, 19), (4, 6, 9, 10, 14, 15, 21))
-
-
-def _tokens(norm: str) -> list[str] | None:
-    s = norm
-    while (t := re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)) != s:  # innermost first
-        s = t
-    s = re.sub(r"\\binom\{([^{}]*)\}\{([^{}]*)\}", r"C(\1,\2)", s)
-    s = re.sub(r"\\lfloor(.*?)\\rfloor", r"floor(\1)", re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", s))
-    s = s.replace("{", "(").replace("}", ")").replace("\\cdot", "*").replace("\\pi", "pi")
-    found = _TOKEN_RE.findall(s)
-    return found if "".join(found) == re.sub(r"\s+", "", s) else None
-
-
-def _evaluate(tokens: list[str], env: dict[str, int]):
-    """Exact (Fraction) where possible, float otherwise; raises on anything undefined or huge."""
-    pos = 0
-
-    def peek():
-        return tokens[pos] if pos < len(tokens) else ""
-
-    def take(expected=None):
-        nonlocal pos
-        tok = peek()
-        if not tok or (expected and tok != expected):
-            raise ValueError(f"expected {expected or 'more'} at {pos}")
-        pos += 1
-        return tok
-
-    def expr():
-        value = term()
-        while peek() in ("+", "-"):
-            value = value + term() if take() == "+" else value - term()
-        return value
-
-    def term():
-        value = juxtaposed()
-        while peek() in ("*", "/"):
-            value = value * juxtaposed() if take() == "*" else value / juxtaposed()
-        return value
-
-    def juxtaposed():  # "2n(n-1)" multiplies, binding tighter than "/" ("b/2a" is b/(2a), as in math-verify)
-        value = unary()
-        while peek() and (peek()[0].isalnum() or peek() == "("):
-            value = value * power()
-        return value
-
-    def unary():
-        return -unary() if peek() == "-" and take() else power()
-
-    def power():
-        base = postfix()
-        if peek() != "^":
-            return base
-        take()
-        exp = unary()
-        if isinstance(base, Fraction) and isinstance(exp, Fraction) and exp.denominator == 1 and abs(exp) <= 400:
-            return base ** int(exp)
-        return float(base) ** float(exp)  # complex or overflow raise below
-
-    def postfix():
-        value = atom()
-        while peek() == "!":
-            take()
-            if not (isinstance(value, Fraction) and value.denominator == 1 and 0 <= value <= 300):
-                raise ValueError("factorial of a non-integer")
-            value = Fraction(math.factorial(int(value)))
-        return value
-
-    def atom():
-        tok = take()
-        if tok == "(":
-            value = expr()
-            take(")")
-            return value
-        if tok in _FUNCS:
-            take("(")
-            args = [expr()]
-            while peek() == ",":
-                take()
-                args.append(expr())
-            take(")")
-            return _call(tok, args)
-        if tok == "pi":
-            return math.pi
-        if tok[0].isdigit():
-            return Fraction(tok)
-        return Fraction(env[tok])
-
-    value = expr()
-    if pos != len(tokens) or isinstance(value, complex) or abs(value) > 1e300:
-        raise ValueError("not a finite real value")
-    return value
-
-
-def _call(name: str, args: list):
-    if name == "C":
-        n, k = args
-        if not all(isinstance(a, Fraction) and a.denominator == 1 for a in args) or n < 0 or n > 1000:
-            raise ValueError("binomial outside the integers")
-        return Fraction(math.comb(int(n), int(k)) if k >= 0 else 0)
-    (x,) = args
-    if name == "sqrt":
-        root = math.isqrt(x.numerator) if isinstance(x, Fraction) and x >= 0 else -1
-        if root >= 0 and root * root == x.numerator and math.isqrt(x.denominator) ** 2 == x.denominator:
-            return Fraction(root, math.isqrt(x.denominator))
-        return math.sqrt(x)
-    return Fraction(math.floor(x) if name == "floor" else math.ceil(x))
-
-
-def _probe(na: str, nv: str, letters: frozenset[str]) -> str | None:
-    """"mismatch" if the two differ at an integer point; "normalized" if two constants are exactly
-    equal; None when undecided (equal everywhere probed, or not evaluable here)."""
-    ta, tv = _tokens(na), _tokens(nv)
-    if ta is None or tv is None:
-        return None
-    decimal = "." in na or "." in nv  # a rounded decimal may stand for an exact value
-    for probe, small in zip(_PROBES, _SMALL):
-        others = iter(small)
-        env = {v: probe.get(v) or next(others) for v in sorted(letters)}
-        try:
-            a, v = _evaluate(ta, env), _evaluate(tv, env)
-        except (ArithmeticError, ValueError, TypeError, KeyError, RecursionError, StopIteration):
-            continue
-        exact = isinstance(a, Fraction) and isinstance(v, Fraction) and not decimal
-        gap = abs(a - v) / max(1, abs(a), abs(v))
-        if (exact and a != v) or gap > (1e-3 if decimal else 1e-9):
-            return "mismatch"
-        if exact and not letters:
-            return "normalized"  # "C(10,5)" and "252": the same constant, computed exactly
-    return None
-
-
-def cheap_compare(answer: str, variant: str) -> str | None:
-    """"exact", "normalized" or "mismatch" when settled without math-verify, else None."""
-    if answer.strip() == variant.strip():
-        return "exact"
-    na, nv = normalize_answer(answer), normalize_answer(variant)
-    if "=" not in nv:
-        na = _strip_lhs(na)
-    if na == nv and na:
-        return "normalized"
-    if na in ("yes", "no") or nv in ("yes", "no"):
-        return "mismatch"  # yes/no only ever matches itself
-    settled = _compare_numbers(na, nv)
-    if settled:
-        return settled
-    if _is_text(na) or _is_text(nv):
-        return "mismatch"  # math-verify would read English words as products of symbols
-    letters_a, letters_v = _free_letters(na), _free_letters(nv)
-    if letters_a is None or letters_v is None:
-        return None
-    if letters_a != letters_v:
-        return "mismatch"  # "n + s" is never "n^2/(n-1)"; strict math-verify agrees (variables matter)
-    return _probe(na, nv, letters_a)
-
-
-# ----------------------------------------------------------------------------- math-verify
-
-def to_latex(expr: str) -> str:
-    """Rewrite CHAMP-style ASCII maths (``2^(n-1)``, ``sqrt(3)/3``, ``C(10, 5)``) as LaTeX in $...$:
-    math-verify only parses those correctly as LaTeX (bare, "2^(n-1)" reads as 2)."""
-    s = expr.strip()
-    s = re.sub(r"(?<!\\)\$", "", s)
-    for pat, rep in ((r"−|–", "-"), (r"×|·", r"\\cdot "), (r"∞|\binfinity\b", r"\\infty "),
-                     (r"π", r"\\pi "), (r"±", r"\\pm "), (r"≤", r"\\le "), (r"≥", r"\\ge "),
-                     (r"≠", r"\\ne "), (r"…", r"\\ldots ")):
-        s = re.sub(pat, rep, s)
-    s = _replace_call(s, "sqrt", lambda a: rf"\sqrt{{{a[0]}}}")
-    s = _replace_call(s, "√", lambda a: rf"\sqrt{{{a[0]}}}")
-    s = re.sub(r"√\[([^\[\]]*)\]", r"\\sqrt{\1}", s)
-    s = re.sub(r"√(\w+)", r"\\sqrt{\1}", s)
-    s = _replace_call(s, "C", lambda a: rf"\binom{{{a[0]}}}{{{a[1]}}}" if len(a) == 2 else f"C({','.join(a)})")
-    s = _replace_call(s, "floor", lambda a: rf"{{\lfloor {a[0]} \rfloor}}")  # braces: 2^floor(..)
-    s = _replace_call(s, "ceil", lambda a: rf"{{\lceil {a[0]} \rceil}}")
-    s = re.sub(r"\(\s*([^()]+?)\s+choose\s+([^()]+?)\s*\)", r"\\binom{\1}{\2}", s)
-    s = re.sub(r"(?<![\\\w])(sum|prod)_\(([^()]*)\)\^(\w+|\([^()]*\))",
-               lambda m: rf"\{m.group(1).lower()}_{{{m.group(2)}}}^{{{m.group(3).strip('()')}}}", s, flags=re.I)
-    s = re.sub(r"(?<![\\\w])(sum|prod)_\{", lambda m: rf"\{m.group(1).lower()}_{{", s, flags=re.I)
-    s = re.sub(r"(?<![\\\w])(ln|log|sin|cos|tan|exp)(?=\s*\()", r"\\\1", s)
-    s = _expand_tuple_assignment(s, ", ")
-    s = re.sub(r"\s+(?:and|or)\s+", ", ", s)
-    s = re.sub(r"(\d+(?:\.\d+)?)\s*\\?%", r"\1/100", s)  # "%" starts a LaTeX comment
-    return f"${s}$"
-
-
-
-# Parsed expressions by LaTeX source, per process: a reference is parsed once, not once per answer
-# (sympy objects are immutable, so sharing them is safe). Least recently used entries go first.
-_PARSED: OrderedDict[str, list] = OrderedDict()
-
-
-def math_verify_check(answer: str, variants: tuple[str, ...], timeout: int | None) -> tuple[bool, str]:
-    """math-verify on one answer against reference variants: (correct, "math_verify"|"mismatch"|"timeout").
-
-    `timeout` is math-verify's own per-call limit in whole seconds (``signal.alarm``); None turns it
-    off, for workers whose deadline the caller enforces.
-    """
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException
-
-    timed_out = False
-
-    def parsed(text: str) -> list:
-        nonlocal timed_out
-        latex = to_latex(text)
-        if latex not in _PARSED:
-            try:
-                _PARSED[latex] = parse(latex, parsing_timeout=timeout, raise_on_error=True)
-            except TimeoutException:
-                timed_out = True
-                return []
-            except Exception:  # noqa: BLE001 - unparsable: nothing to compare
-                _PARSED[latex] = []
-            if len(_PARSED) > 4096:
-                _PARSED.popitem(last=False)
-        _PARSED.move_to_end(latex)
-        return _PARSED[latex]
-
-    unnamed = _NAMES_RE.sub("", answer)
-    for variant in variants:
-        # "L = 4" answers "4", "(a, b) = (1, 2) and (a, b) = (2, 1)" answers "(1, 2), (2, 1)"
-        gold, target = parsed(variant), parsed(answer if "=" in variant else unnamed)
-        for g in gold:
-            for t in target:
-                try:
-                    if verify(g, t, timeout_seconds=timeout, raise_on_error=True):
-                        return True, "math_verify"
-                except TimeoutException:
-                    timed_out = True
-                except Exception:  # noqa: BLE001 - a failed comparison is "not shown equal"
-                    pass
-    return False, "timeout" if timed_out else "mismatch"
-
-
-# Left-hand sides naming the answer: "x =", "f(n) =", "a_{10} =", "(x, y) =" (not "<=", ">=", "==").
-_NAMES_RE = re.compile(r"(?:(?<![\w)\]}])[A-Za-z]\w*(?:_\{?\w+\}?)?(?:\([^()=]*\))?|"
-                       r"\(\s*[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)+\s*\))\s*=(?!=)\s*")
+from evaluation.equivalence import cheap_compare, math_verify_check, to_latex  # noqa: F401 (re-exported)
 
 
 class _ItemDeadline(BaseException):
@@ -605,22 +272,19 @@ class Grader:
             if key is None or key in self._cache or key in undecided:
                 self.stats["cached"] += key is not None
                 continue
-            variants, settled = reference_variants(reference), None
-            open_variants = []
-            for variant in variants:
-                outcome = cheap_compare(key[0], variant)
-                if outcome in ("exact", "normalized"):
-                    settled = (True, outcome)
-                    break
-                if outcome is None:
-                    open_variants.append(variant)
-            if settled is None and not open_variants:
+            variants = reference_variants(reference)
+            outcomes = [cheap_compare(key[0], variant) for variant in variants]
+            open_variants = tuple(v for v, o in zip(variants, outcomes) if o is None)
+            # variants are equivalent forms of one answer, so a value proven different from one of
+            # them ("unequal") differs from all; a textual "mismatch" only rules out that variant
+            settled = next(((True, m) for m in ("exact", "normalized") if m in outcomes), None)
+            if settled is None and ("unequal" in outcomes or not open_variants):
                 settled = (False, "mismatch")
             if settled is not None:
                 self._cache[key] = settled
                 self.stats["cheap"] += 1
             else:
-                undecided[key] = tuple(open_variants)
+                undecided[key] = open_variants
         self.stats["math_verify"] += len(undecided)
         if undecided:
             self._cache.update(self._math_verify(undecided))
@@ -662,7 +326,8 @@ def _read_rows(path: Path, response_field: str, reference_field: str) -> list[di
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise GradingInputError(f"{path}, line {lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            raise GradingInputError(f"{path}, line {lineno}: not valid UTF-8 "
+                                    f"({exc.reason} at byte {exc.start})") from None
         if not line.strip():
             continue
         try:

@@ -14,7 +14,7 @@ import yaml
 
 from curation.schema import STYLES, TEACHER_SIZES
 
-SOURCE_KINDS = ("champ", "champ_human", "hf", "file")
+SOURCE_KINDS = ("champ", "champ_human", "hf", "file", "generate")
 BENCHMARK_KINDS = ("champ_heldout", "hf", "file")
 
 
@@ -102,6 +102,17 @@ class SourceParams:
     format: str | None = None          # jsonl | json | parquet (default: from the suffix)
     columns: dict = field(default_factory=dict)  # schema column -> input column
     limit: int | None = None
+    # kind: generate (curation/teacher.py): a teacher engine answers the train problems
+    engine: dict | None = None         # make_engine spec: {kind: transformers|vllm|openai, model: ...}
+    template: str = "long_cot"         # long_cot | short_cot | custom text containing {problem}
+    sampling: dict = field(default_factory=dict)  # temperature, top_p, max_tokens, seed
+    n: int = 1                         # samples per problem
+    problem_split: str = "train"       # only train: the test split is held out for evaluation
+    select: str = "shortest_correct"   # shortest_correct | first_correct | all_correct | all
+    k: int | None = None               # kept per problem by shortest/first_correct (default 1)
+    max_problems: int | None = None    # first N train problems (null: all)
+    chunk_size: int = 16               # problems per crash-safe chunk file
+    work_dir: str = "data/generation"  # resumable samples, outside DVC outputs
 
     def __post_init__(self):
         where = f"sources.{self.name}"
@@ -123,6 +134,57 @@ class SourceParams:
                 if needed not in self.columns:
                     raise ParamsError(
                         f"{where}.columns: map '{needed}' to an input column (e.g. {{{needed}: ...}})")
+        if self.kind == "generate":
+            self._check_generate(where)
+
+    def _check_generate(self, where: str) -> None:
+        from curation.teacher import SAMPLING_KEYS, SELECT_MODES, TEMPLATES
+        from evaluation.engines import ENGINE_KINDS, SamplingConfig
+
+        kind = self.engine.get("kind") if isinstance(self.engine, dict) else None
+        if kind not in ENGINE_KINDS:
+            raise ParamsError(f"{where}.engine: a generate source needs an engine mapping with kind one of "
+                              f"{', '.join(ENGINE_KINDS)} (e.g. {{kind: transformers, model: models/student}})")
+        if kind in ("transformers", "vllm", "openai") and not self.engine.get("model"):
+            raise ParamsError(f"{where}.engine.model: name the teacher (hub id or local directory; for "
+                              "openai the served model name)")
+        if kind == "openai" and not self.engine.get("base_url"):
+            raise ParamsError(f"{where}.engine.base_url: an openai engine needs the endpoint (http://host:8000/v1)")
+        if not isinstance(self.template, str) or (self.template not in TEMPLATES and "{problem}" not in self.template):
+            raise ParamsError(f"{where}.template: {self.template!r} must be one of {', '.join(TEMPLATES)} "
+                              "or a custom text containing {problem}")
+        if not isinstance(self.sampling, dict):
+            raise ParamsError(f"{where}.sampling: expected a mapping of {', '.join(SAMPLING_KEYS)}")
+        if "n" in self.sampling:
+            raise ParamsError(f"{where}.sampling.n: set samples per problem with {where}.n")
+        unknown = sorted(set(self.sampling) - set(SAMPLING_KEYS))
+        if unknown:
+            raise ParamsError(f"{where}.sampling: unknown key(s) {unknown}; expected some of {list(SAMPLING_KEYS)}")
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ParamsError(f"{where}.n: {self.n!r} must be a positive integer")
+        if self.n > 1 and self.sampling.get("temperature", 0.0) == 0:
+            raise ParamsError(f"{where}.n: {self.n} samples per problem need sampling.temperature > 0 "
+                              f"(greedy decoding gives {self.n} identical samples)")
+        try:
+            SamplingConfig(**self.sampling, n=self.n)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"{where}.{exc}") from exc
+        if self.problem_split != "train":
+            raise ParamsError(f"{where}.problem_split: '{self.problem_split}' must be train "
+                              "(the test split is held out for evaluation)")
+        if self.select not in SELECT_MODES:
+            raise ParamsError(f"{where}.select: '{self.select}' must be one of {', '.join(SELECT_MODES)}")
+        if self.k is not None:
+            if self.select not in ("shortest_correct", "first_correct"):
+                raise ParamsError(f"{where}.k: applies to shortest_correct and first_correct only "
+                                  f"({self.select} keeps every such sample)")
+            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.n:
+                raise ParamsError(f"{where}.k: {self.k!r} must be an integer from 1 to n = {self.n}")
+        for key in ("max_problems", "chunk_size"):
+            value = getattr(self, key)
+            if (value is not None or key == "chunk_size") and (
+                    not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ParamsError(f"{where}.{key}: {value!r} must be a positive integer")
 
 
 @dataclass

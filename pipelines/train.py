@@ -11,10 +11,11 @@ Resume: Trainer checkpoints go to ``models/checkpoints/.work/MIX/`` every ``trai
 rerunning the stage after a kill resumes from the newest complete one (and logs into the same
 MLflow run), provided params, mix and student are unchanged. The work dir is deleted on success.
 
-Multi-GPU: ``accelerate launch -m pipelines.train --mix MIX`` (add ``--num_processes N``, or
-``--config_file`` for a saved accelerate config); with ``train.deepspeed:
-configs/deepspeed_zero3.json`` the model is sharded with ZeRO-3. Every process trains; only the
-main one talks to MLflow and writes outputs.
+Multi-GPU: ``accelerate launch --num_processes N -m pipelines.train --mix MIX`` (or a saved
+``--config_file``). Run plainly (as the DVC stage does) on a machine with several GPUs, the stage
+relaunches itself that way on all of them (``--single-process`` keeps one). With
+``train.deepspeed: configs/deepspeed_zero3.json`` the model is sharded with ZeRO-3. Every
+process trains; only the main one talks to MLflow and writes outputs.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from pipelines import tracking
@@ -44,8 +47,9 @@ class TrainStageError(RuntimeError):
     """The stage cannot run as configured; the message says why and what to do."""
 
 
-def verify_mix(mix_dir: Path) -> dict:
-    """The mix's manifest, after ``curation.mixing.verify_mix_dir`` checked contracts and digest."""
+def verify_mix(mix_dir: Path, curated_root: Path | None = None) -> dict:
+    """The mix's manifest, after ``curation.mixing.verify_mix_dir`` checked the sources' contracts,
+    the rows digest and (given ``curated_root``) that no curated source changed since mixing."""
     try:
         from curation import mixing
     except ImportError as exc:
@@ -53,7 +57,7 @@ def verify_mix(mix_dir: Path) -> dict:
     if not (mix_dir / "rows.parquet").is_file():
         raise TrainStageError(f"{mix_dir}/rows.parquet not found: run the mix stage first (dvc repro mix)")
     try:
-        return mixing.verify_mix_dir(mix_dir)
+        return mixing.verify_mix_dir(mix_dir, curated_root)
     except mixing.MixIntegrityError as exc:
         raise TrainStageError(f"refusing to train on mix '{mix_dir.name}': it failed verification: {exc}") from exc
 
@@ -64,9 +68,12 @@ def check_student(student_dir: Path, params: dict) -> dict:
     wanted = student_params(params)
     if provenance is None:
         raise TrainStageError(f"{student_dir} holds no converted student: run python -m pipelines.student")
-    if provenance.get("source") != wanted.model:
-        raise TrainStageError(f"{student_dir} was converted from '{provenance.get('source')}' but the params ask "
-                              f"for '{wanted.model}': rerun the student stage (python -m pipelines.student)")
+    have = (provenance.get("source"), provenance.get("revision"), provenance.get("dtype"))
+    want = (wanted.model, wanted.revision, wanted.dtype)
+    if have != want:
+        raise TrainStageError(f"{student_dir} was converted from '{have[0]}' (revision {have[1]}, {have[2]}) but "
+                              f"the params ask for '{want[0]}' (revision {want[1]}, {want[2]}): rerun the student "
+                              "stage (python -m pipelines.student)")
     return provenance
 
 
@@ -97,6 +104,8 @@ def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_
               "student.gguf_sha256": student.get("gguf_sha256"), "mix.name": mix,
               "mix.n_rows": manifest.get("n_rows"), "mix.rows_digest": manifest.get("rows_digest")}
     _flatten("mix.shares", manifest.get("shares") or {}, logged)
+    for component, achieved in (manifest.get("achieved") or {}).items():
+        logged[f"mix.achieved.{component}.count"] = achieved.get("count")
     for key, value in cfg.to_flat_dict().items():
         logged[f"train.{key}"] = json.dumps(value) if isinstance(value, list) else value
     for key in ("n_examples", "n_dropped_over_cutoff", "tokens", "assistant_tokens", "max_tokens"):
@@ -120,7 +129,7 @@ def _run_exists(params: dict, run_id: str) -> bool:
     try:
         mlflow.get_run(run_id)
         return True
-    except Exception:              # another tracking store, or a deleted run: start a new one
+    except mlflow.exceptions.MlflowException:    # another tracking store, or a deleted run
         log.warning("MLflow run %s of the interrupted training is gone; starting a new run", run_id)
         return False
 
@@ -150,7 +159,8 @@ def run_stage(params: dict, mix: str) -> dict:
     if mix not in mix_names:
         raise TrainStageError(f"--mix: unknown mix '{mix}' (mixes under mix.mixes: {sorted(mix_names)})")
     mix_dir = Path(paths.mixes) / mix
-    manifest = verify_mix(mix_dir)
+    curated = Path(paths.curated)
+    manifest = verify_mix(mix_dir, curated if curated.is_dir() else None)
     student = check_student(Path(paths.student), params)
 
     import polars as pl
@@ -196,12 +206,32 @@ def run_stage(params: dict, mix: str) -> dict:
     return metrics
 
 
+def launch_command(argv: list[str]) -> list[str] | None:
+    """The ``accelerate launch`` command that reruns this stage on every GPU, or None when there
+    is at most one GPU or a launcher already started this process."""
+    import torch
+
+    launched = any(k in os.environ for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE"))
+    gpus = torch.cuda.device_count()
+    if launched or gpus <= 1:
+        return None
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+            "-m", "pipelines.train", *argv, "--single-process"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mix", required=True, help="a mix name under mix.mixes")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--single-process", action="store_true",
+                        help="do not relaunch on all GPUs (set by the relaunch itself)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.single_process:
+        command = launch_command(["--mix", args.mix, "--params", args.params])
+        if command is not None:
+            log.info("several GPUs: relaunching as %s", " ".join(command))
+            return subprocess.call(command)
     try:
         run_stage(load_params(args.params), args.mix)
     except (ParamsError, TrainParamsError, TrainDataError, StudentError, TrainStageError) as exc:

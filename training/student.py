@@ -84,7 +84,8 @@ def resolve_student(spec: str, revision: str | None = None,
     if Path(spec).is_dir():
         if not (Path(spec) / "config.json").is_file():
             raise StudentError(f"student.model: directory '{spec}' has no config.json (not a transformers checkpoint)")
-        return str(Path(spec).resolve()), kwargs
+        # Kept as given: a LoRA adapter records it as its base, and "models/student" stays portable.
+        return spec, kwargs
     if spec.startswith(("/", "./", "../")) or spec.count("/") > 1:
         raise StudentError(f"student.model: '{spec}' is neither an existing directory nor a hub id (org/name)")
     if revision:

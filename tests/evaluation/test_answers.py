@@ -55,9 +55,18 @@ def test_boxed_and_markers(text, expected):
          "(x + y + z)(x^2 + y^2 + z^2 - xy - yz - zx)"),
         ("Therefore, at most two of these inequalities can be true at the same time.", "2"),
         ("Therefore, the smallest value of the polynomial f(x) is negative infinity.", "-infinity"),
+        ("Thus, 0 is the only possible value.", "0"),
+        ("In conclusion, 50 questions are sufficient to find the product of all fifty numbers.", "50"),
+        ("Hence we can conclude that the sequence \\((a_n)\\) converges to \\(L = 2\\).", "L = 2"),
+        ("Therefore, the possible values of \\(n \\mod 40\\) are \\(n \\equiv 0 \\mod 40\\).", "0"),
+        ("So the answer is 2 (mod 7).", "2"),
+        ("The answer is $18.", "18"),
+        ("Finding a selection where every number is in exactly one progression is hard.", None),
+        ("Final Answer: The smallest value of s is 1.", "1"),
+        ("Final Answer: `x = 3`.", "x = 3"),
         # a display line after "... is:" and a closing meta sentence
         ("So, the total number of ways to select the quadruple is:\n\n((n(n+1)/2)^2\n\nThis is the final answer.",
-         "((n(n+1)/2)^2"),
+         "(n(n+1)/2)^2"),  # the unmatched "(" typo is dropped
         ("So the number of strings is:\n\n\\[ \\frac{4^n}{2} = 2^{2n-1} \\]\n\n"
          "This is the final expression for the number of strings.", "2^{2n-1}"),
         # a pointer sentence makes the line before it final
@@ -149,9 +158,10 @@ def test_reference_variants(reference, expected):
     assert reference_variants(reference) == expected
 
 
-def test_reference_variants_rejects_bool():
-    with pytest.raises(TypeError, match="not bool"):
-        reference_variants(True)
+@pytest.mark.parametrize("bad, name", [(True, "bool"), (None, "NoneType"), ([1, 2], "list")])
+def test_reference_variants_rejects_other_types(bad, name):
+    with pytest.raises(TypeError, match=f"not {name}"):
+        reference_variants(bad)
 
 
 @pytest.mark.parametrize(

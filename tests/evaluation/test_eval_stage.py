@@ -18,7 +18,7 @@ from tests.evaluation.test_judge import ExactGrader
 
 PROBLEMS = {"champ_test": [("P_1", "What is 2+3?", "5"), ("P_2", "What is 3*3?", "9"), ("P_3", "Half of 1?", "1/2")],
             "gsm8k": [("gsm8k-0", "Ducks lay 16 eggs, eat 3. Left?", "13"), ("gsm8k-1", "Bolts: 2 + 1?", "3")]}
-ANSWERS = {"What is 2+3?": r"So \boxed{5}.", "What is 3*3?": r"I think \boxed{6}.", "Half of 1?": r"\boxed{0.5}",
+ANSWERS = {"What is 2+3?": r"So \boxed{5}.", "What is 3*3?": r"I think \boxed{6}.", "Half of 1?": r"\boxed{\frac{1}{2}}",
            "Ducks lay": r"\boxed{13}", "Bolts": "I am not sure " * 3}
 
 
@@ -71,20 +71,22 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_evaluate_with_fake_engine_and_judge(project):
-    judge = FakeEngine(respond=lambda user, i: "VERDICT: CORRECT" if "<candidate>\n0.5\n" in user
+    # A (wrongly) lenient judge for "6": the point is that a judge flip is counted and audited.
+    judge = FakeEngine(respond=lambda user, i: "VERDICT: CORRECT" if "<candidate>\n6\n" in user
                        else "VERDICT: INCORRECT")
     res = eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for), judge=judge, judge_id="fake")
     out = Path("data/eval/mix_a")
-    assert res["scores"]["champ_test"]["accuracy"] == pytest.approx(2 / 3)
-    assert res["scores"]["champ_test"]["accuracy_rule"] == pytest.approx(1 / 3)
+    assert res["scores"]["champ_test"]["accuracy"] == 1.0
+    assert res["scores"]["champ_test"]["accuracy_rule"] == pytest.approx(2 / 3)
+    assert res["scores"]["champ_test"]["judge_flips"] == 1
     assert res["scores"]["gsm8k"]["accuracy"] == 0.5 and res["scores"]["gsm8k"]["boxed_rate"] == 0.5
     assert json.loads((out / "scores.json").read_text()) == res["scores"]
     audit = json.loads((out / "judge_audit.json").read_text())
     assert [(a["kind"], a["problem_id"], a["extracted_answer"], a["reference"]) for a in audit] == [
-        ("disagreement", "P_3", "0.5", "1/2")]
+        ("disagreement", "P_2", "6", "9")]
     graded = read_jsonl(out / "graded.jsonl")
     assert [(g["benchmark"], g["problem_id"], g["correct"]) for g in graded] == [
-        ("champ_test", "P_1", True), ("champ_test", "P_2", False), ("champ_test", "P_3", True),
+        ("champ_test", "P_1", True), ("champ_test", "P_2", True), ("champ_test", "P_3", True),
         ("gsm8k", "gsm8k-0", True), ("gsm8k", "gsm8k-1", False)]
     assert (res["generated"], res["reused"]) == (5, 0)
 
@@ -227,3 +229,28 @@ def test_report_without_scores_is_an_error(project):
     project["mix"] = {"mixes": {"long": {}}}
     with pytest.raises(FileNotFoundError, match="no model has scores.json"):
         report_stage.build_report(project)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"ks": [1, 4]}, r"eval.ks: \[4\] exceed eval.sampling.n = 1"),
+    ({"engine": {"kind": "tpu"}}, r"eval.engine.kind: 'tpu'"),
+    ({"max_problems": 0}, r"eval.max_problems: 0"),
+    ({"sampling": {"n": 4}}, r"eval.sampling: sampling.n: 4 samples need temperature > 0"),
+    ({"bogus": 1}, r"eval: unknown key\(s\) \['bogus'\]"),
+    ({"benchmarks": {"x": {"kind": "ftp"}}}, r"eval.benchmarks.x.kind"),
+])
+def test_eval_params_errors(change, message):
+    from evaluation.config import EvalParamsError, parse_eval
+
+    with pytest.raises(EvalParamsError, match=message):
+        parse_eval({"eval": {"benchmarks": {"champ_test": {"kind": "champ_heldout"}}, **change}})
+
+
+def test_repo_params_parse():
+    from evaluation.config import parse_eval, parse_report
+    from pipelines.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    cfg = parse_eval(params)
+    assert "champ_test" in cfg.benchmarks and cfg.sampling.n == 1
+    assert parse_report(params).large == "short"

@@ -216,3 +216,14 @@ def test_champ_annotations_bad_file(tmp_path):
                                                      "fws_annotations": {"GPT-4|0-Shot": {"text": 3}}}}}))
     with pytest.raises(ValueError, match=r"problems.P_1.fws_annotations\['GPT-4\|0-Shot'\]: needs fields"):
         champ_annotations(path)
+
+
+def test_real_rule_grader_then_judge():
+    from evaluation.grading import Grader
+
+    judge = judge_says({"x = 4": "VERDICT: CORRECT"})
+    with Grader(timeout_s=5.0, workers=0) as grader:
+        rep = JudgeGrader(grader, judge, "fake").grade(
+            ["2+2?", "Half?", "Solve."], [r"\boxed{4}", r"\boxed{0.5}", r"\boxed{x = 4}"], ["4", "1/2", "x=5"])
+    assert [(v.rule_correct, v.correct) for v in rep.verdicts] == [(True, True), (True, True), (False, True)]
+    assert len(judge.calls) == 1 and [a["kind"] for a in rep.audit] == ["disagreement"]

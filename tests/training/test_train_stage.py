@@ -77,9 +77,28 @@ def test_refuses_an_unknown_mix_and_a_stale_student(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["student"]["model"] = "Qwen/Qwen2.5-3B-Instruct"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match=r"was converted from '.*tiny_source' but the params ask for "
-                                         r"'Qwen/Qwen2.5-3B-Instruct': rerun the student stage"):
+    with pytest.raises(SystemExit, match=r"was converted from '.*tiny_source' \(revision None, float32\) but the "
+                                         r"params ask for 'Qwen/Qwen2.5-3B-Instruct' \(revision None, float32\): "
+                                         r"rerun the student stage"):
         train_main(["--mix", "tiny"])
+
+
+def test_several_gpus_relaunch_the_stage_with_accelerate(monkeypatch):
+    import torch
+
+    from pipelines.train import launch_command
+
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert launch_command(["--mix", "long"]) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4",
+        "-m", "pipelines.train", "--mix", "long", "--single-process"]
+    monkeypatch.setenv("LOCAL_RANK", "0")                    # already under a launcher
+    assert launch_command(["--mix", "long"]) is None
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert launch_command(["--mix", "long"]) is None
 
 
 @pytest.mark.slow

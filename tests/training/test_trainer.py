@@ -63,6 +63,18 @@ def test_packed_and_padded_training_take_the_same_step(tokenizer, examples, tmp_
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+def test_activation_checkpointing_keeps_packed_examples_apart(tokenizer, examples, tmp_path):
+    """Checkpointed layers must still receive the example boundaries: same step as without."""
+    plain, checkpointed = tiny_model(tokenizer), tiny_model(tokenizer)
+    a = train_sft(plain, tokenizer, examples[:4], cfg_for(max_steps=1, pack_tokens=4096), tmp_path / "a")
+    b = train_sft(checkpointed, tokenizer, examples[:4],
+                  cfg_for(max_steps=1, pack_tokens=4096, gradient_checkpointing=True), tmp_path / "b")
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    assert b.final_loss == pytest.approx(a.final_loss, abs=1e-6)
+    for (name, x), (_, y) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
 def test_resume_continues_from_the_saved_step(tokenizer, examples, tmp_path):
     cfg = cfg_for(max_steps=4, save_steps=2, pack_tokens=256)
     straight = tiny_model(tokenizer)
