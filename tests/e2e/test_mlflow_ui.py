@@ -1,0 +1,160 @@
+"""End to end: the tiny pipeline logs to a real ``mlflow server`` over HTTP, and the MLflow UI,
+rendered by headless Chromium, shows one run per mix with its benchmark metrics and the judge-audit
+table of its evaluation.
+
+The REST checks pin down what the server holds; the UI checks read the same values back from the
+rendered page (run names, metric cells of the runs table, the audit table's columns), so a run
+that is stored but not shown, or shown with other numbers, fails. Screenshots go to
+``$MIXDISTILL_TEST_ARTIFACTS`` (default ``tests/e2e/artifacts/``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import browser
+from tests.e2e.conftest import BENCHMARK, EXPERIMENT, MIXES, SOURCES
+
+pytestmark = pytest.mark.skipif(browser.unavailable_reason() is not None,
+                                reason=f"no headless browser: {browser.unavailable_reason()}")
+
+# Columns the test turns on in the runs table: two benchmark metrics, and the final training loss,
+# which differs between mixes and so shows that each row carries its own run's numbers.
+SHOWN_METRICS = (f"eval/{BENCHMARK}/accuracy", f"eval/{BENCHMARK}/mean_response_tokens", "summary.final_loss")
+AUDIT_COLUMNS = ["kind", "benchmark", "problem_id", "sample_idx", "problem", "extracted_answer", "reference",
+                 "judge_output", "judge"]
+COLUMN_PICKER = "//*[@role='dialog']"
+
+
+def artifacts_dir() -> Path:
+    default = Path(__file__).resolve().parent / "artifacts"
+    return Path(os.environ.get("MIXDISTILL_TEST_ARTIFACTS") or default)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_server_side(pipeline, client) -> tuple[str, dict]:
+    """What the server holds, over its REST API: the experiment id and the run of each mix."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None, f"experiment '{EXPERIMENT}' is not on the server"
+    runs = client.search_runs([experiment.experiment_id])
+    names = Counter(r.info.run_name for r in runs)
+    # One run per checkpoint (each mix, and the untrained base); curate@SOURCE runs come besides.
+    assert {name: names[name] for name in (*MIXES, "base")} == {name: 1 for name in (*MIXES, "base")}, names
+    assert set(names) - {*MIXES, "base"} == {f"curate@{s}" for s in SOURCES}
+    # MLFLOW_TRACKING_URI won: the local store named in params.yaml was never created.
+    assert not Path(pipeline.params["tracking"]["uri"][len("sqlite:///"):]).exists()
+
+    paths = pipeline.params["paths"]
+    mix_runs = {}
+    for mix in MIXES:
+        run = next(r for r in runs if r.info.run_name == mix)
+        # One run per checkpoint: eval logged into the run train opened, not a new one.
+        assert run.info.run_id == (Path(paths["checkpoints"]) / mix / "mlflow_run_id.txt").read_text().strip()
+        assert run.info.status == "FINISHED"
+        metrics = run.data.metrics
+        assert metrics["summary.steps"] == 2.0
+        scores = read_json(Path(paths["eval"]) / mix / "scores.json")[BENCHMARK]
+        assert scores["n_problems"] == 2
+        for key, value in scores.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                assert metrics[f"eval/{BENCHMARK}/{key.replace('@', '_at_')}"] == pytest.approx(value), key
+
+        listed = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+        assert {"eval/judge_audit.json", "eval/graded.jsonl", "eval/scores.json"} <= listed
+        download = Path(client.download_artifacts(run.info.run_id, "eval/judge_audit.json",
+                                                  str(pipeline.root / "downloads" / mix)))
+        table = read_json(download)
+        assert table["columns"] == AUDIT_COLUMNS
+        assert len(table["data"]) == len(read_json(Path(paths["eval"]) / mix / "judge_audit.json"))
+        mix_runs[mix] = run
+    return experiment.experiment_id, mix_runs
+
+
+def show_metric_columns(page: browser.Browser, metrics) -> None:
+    """Tick metric columns in the runs table's column picker (the table shows none by default)."""
+    page.click("//button[normalize-space(.)='Columns']", "the Columns button")
+    for metric in metrics:
+        page.click_text(metric, f"column '{metric}' in the column picker", within=COLUMN_PICKER)
+    page.press_escape()
+    page.wait(lambda: page.visible(COLUMN_PICKER) is None, "the column picker to close", timeout_s=10)
+
+
+def runs_table(page: browser.Browser, metrics) -> dict[str, dict[str, str]]:
+    """Rendered runs table: run id -> {"name": ..., metric: cell text}. The grid splits a row into
+    pinned and scrolled parts that share a ``row-id``; cells carry a ``col-id``."""
+    from selenium.webdriver.common.by import By
+
+    table: dict[str, dict[str, str]] = {}
+    for row in page.driver.find_elements(By.CSS_SELECTOR, "[role=row][row-id]"):
+        cells = table.setdefault(row.get_attribute("row-id"), {})
+        for cell in row.find_elements(By.CSS_SELECTOR, "[col-id]"):
+            col = cell.get_attribute("col-id")
+            if col == "attributes.`Run Name`":
+                cells["name"] = cell.text.strip().splitlines()[-1]      # after the colour tag line
+            elif col.startswith("metrics.`") and col[len("metrics.`"):-1] in metrics:
+                cells[col[len("metrics.`"):-1]] = cell.text.strip()
+    return table
+
+
+def check_runs_page(page: browser.Browser, url: str, experiment_id: str, mix_runs: dict, n_runs: int,
+                    shots: Path) -> None:
+    page.open(f"{url}/#/experiments/{experiment_id}/runs")
+    page.wait_for_text(f"{n_runs} matching runs", *MIXES, timeout_s=60)
+    assistant_close = page.visible("//button[@aria-label='Close']")
+    if assistant_close is not None:        # the assistant side panel would hide half the table
+        assistant_close.click()
+    show_metric_columns(page, SHOWN_METRICS)
+
+    def rows_with_values():
+        table = runs_table(page, SHOWN_METRICS)
+        ready = all(all(table.get(r.info.run_id, {}).get(m) not in (None, "") for m in SHOWN_METRICS)
+                    for r in mix_runs.values())
+        return table if ready else None
+
+    table = page.wait(rows_with_values, "metric cells of every mix run", timeout_s=30)
+    for mix, run in mix_runs.items():
+        row = table[run.info.run_id]
+        assert row["name"] == mix
+        for metric in SHOWN_METRICS:
+            shown = row[metric]
+            assert shown != "-", f"run '{mix}': the UI shows no value for {metric}"
+            assert float(shown) == pytest.approx(run.data.metrics[metric], rel=1e-6), (mix, metric, shown)
+    from selenium.webdriver.common.by import By
+
+    last_metric = page.driver.find_element(By.CSS_SELECTOR, f"[col-id='metrics.`{SHOWN_METRICS[-1]}`']")
+    page.scroll_into_view(last_metric)
+    page.screenshot(shots / "mlflow_runs.png")
+
+
+def check_audit_artifact(page: browser.Browser, url: str, experiment_id: str, run, shots: Path) -> None:
+    page.open(f"{url}/#/experiments/{experiment_id}/runs/{run.info.run_id}/artifacts")
+    page.click_text("eval", "the eval folder in the artifact tree", timeout_s=60)
+    page.click_text("judge_audit.json", "judge_audit.json in the artifact tree")
+    # The UI recognises a logged table and renders it as one, with the audit's columns as headers.
+    page.wait_for_text("eval/judge_audit.json", "View as table", *AUDIT_COLUMNS)
+    page.screenshot(shots / "mlflow_judge_audit.png")
+
+
+def test_mlflow_ui_lists_one_run_per_mix_with_metrics_and_judge_audit(pipeline):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=pipeline.server.url)
+    experiment_id, mix_runs = check_server_side(pipeline, client)
+    n_runs = len(client.search_runs([experiment_id]))
+
+    shots = artifacts_dir()
+    with browser.Browser() as page:
+        try:
+            check_runs_page(page, pipeline.server.url, experiment_id, mix_runs, n_runs, shots)
+            check_audit_artifact(page, pipeline.server.url, experiment_id, mix_runs[MIXES[0]], shots)
+        except Exception:
+            page.screenshot(shots / "mlflow_failure.png")         # what the page showed when it failed
+            raise
+    print(f"pipeline {pipeline.seconds:.0f} s: {pipeline.timings}; screenshots in {shots}")
