@@ -221,14 +221,11 @@ def load_benchmark(name: str, spec: dict, heldout: pl.DataFrame | None = None) -
         if missing:
             raise BenchmarkError(f"benchmark '{name}': held-out frame lacks column(s) {missing}")
         frame = heldout.select([pl.col(c).cast(pl.Utf8) for c in ("problem_id", "problem", "reference_answer")])
-        rows = ((f"champ held-out: row {i}", r) for i, r in enumerate(frame.iter_rows(named=True)))
-        checked = []
-        for where, r in rows:
-            for c in ("problem_id", "problem", "reference_answer"):
-                _field(r, c, where)
-            checked.append(r)
-        if not checked:
+        if frame.height == 0:
             raise BenchmarkError(f"benchmark '{name}': the CHAMP held-out frame is empty")
+        for i, row in enumerate(frame.iter_rows(named=True)):
+            for c in ("problem_id", "problem", "reference_answer"):
+                _field(row, c, f"champ held-out: row {i}")
         return frame.with_columns(pl.lit(name).alias("benchmark"))
     fmt = spec.get("format")
     if fmt not in FORMATS:

@@ -2,6 +2,8 @@
 
     mixdistill grade responses.jsonl graded.jsonl     # same grading code the curation check uses
     mixdistill curate --source champ_gpt4              # one stage by hand (dvc repro runs them all)
+    mixdistill eval --calibrate                        # grader vs CHAMP's human labels
+    mixdistill lineage models/checkpoints/mix_long     # what a checkpoint was trained on, verified
 """
 from __future__ import annotations
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import polars as pl
 
 from curation.io import atomic_dir, write_json
 from curation.sources import (SourceError, champ_problems, load_hf_rows, problem_key, read_table,
                               split_problems)
+from evaluation.benchmarks import BenchmarkError
 from pipelines.params import ParamsError, load_params, parse_benchmarks, parse_paths, parse_problems
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             write_json(out / "split.json", {"n_problems": problems.height, "train": train.height,
                                             "test": test.height, "seed": cfg.seed,
                                             "test_fraction": cfg.test_fraction, "benchmarks": sizes})
-    except (ParamsError, SourceError) as exc:
+    except (ParamsError, SourceError, BenchmarkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"problems: {train.height} train / {test.height} held-out; benchmarks {sizes}")

@@ -3,8 +3,6 @@ from saved samples, MLflow logging into the checkpoint's run, and the report sta
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +12,6 @@ from evaluation.engines import EngineError, FakeEngine
 from pipelines import eval as eval_stage
 from pipelines import report as report_stage
 from tests.evaluation.test_engines import save_tiny_model, student_tokenizer_dir  # noqa: F401 (fixture)
-from tests.evaluation.test_judge import ExactGrader
 
 PROBLEMS = {"champ_test": [("P_1", "What is 2+3?", "5"), ("P_2", "What is 3*3?", "9"), ("P_3", "Half of 1?", "1/2")],
             "gsm8k": [("gsm8k-0", "Ducks lay 16 eggs, eat 3. Left?", "13"), ("gsm8k-1", "Bolts: 2 + 1?", "3")]}
@@ -28,21 +25,9 @@ def answer_for(user: str, index: int) -> str:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A temp project root with prepared benchmark frames and a placeholder checkpoint; real
-    ``training.data`` / ``evaluation.grading`` are used when present, stand-ins otherwise."""
+    """A temp project root with prepared benchmark frames and a placeholder checkpoint (the real
+    prompt builder and rule grader are used)."""
     monkeypatch.chdir(tmp_path)
-    try:
-        import training.data  # noqa: F401
-    except ImportError:
-        fake = types.ModuleType("training.data")
-        fake.build_prompt = lambda problem: f"{problem}\n\nPut the final answer in \\boxed{{}}."
-        monkeypatch.setitem(sys.modules, "training.data", fake)
-    try:
-        import evaluation.grading  # noqa: F401
-    except ImportError:
-        fake = types.ModuleType("evaluation.grading")
-        fake.Grader = ExactGrader
-        monkeypatch.setitem(sys.modules, "evaluation.grading", fake)
     bench_dir = tmp_path / "data/problems/benchmarks"
     bench_dir.mkdir(parents=True)
     for name, rows in PROBLEMS.items():
