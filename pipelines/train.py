@@ -41,6 +41,7 @@ from training.trainer import prepare_work_dir, train_sft
 log = logging.getLogger("pipelines.train")
 RUN_ID_FILE = "mlflow_run_id.txt"
 METRICS_FILE = "train_metrics.json"
+LINEAGE_FILE = "lineage.json"
 
 
 class TrainStageError(RuntimeError):
@@ -134,6 +135,23 @@ def _run_exists(params: dict, run_id: str) -> bool:
         return False
 
 
+def lineage_record(mix: str, mix_dir: Path, manifest: dict, paths, student: dict, final_dir: Path,
+                   run_id: str) -> dict:
+    """What `mixdistill lineage` re-verifies later: the mix and sources this checkpoint saw, and
+    hashes of the weights it produced."""
+    from curation.schema import file_digest
+
+    return {
+        "mix": mix, "mix_dir": str(mix_dir), "rows_digest": manifest.get("rows_digest"),
+        "manifest_sha256": file_digest(mix_dir / "manifest.json"), "n_rows": manifest.get("n_rows"),
+        "shares": manifest.get("shares"), "curated_root": str(paths.curated), "traces_root": str(paths.traces),
+        "sources": {name: info.get("kept_digest") for name, info in (manifest.get("sources") or {}).items()},
+        "student": student, "git_commit": tracking.git_commit(), "mlflow_run_id": run_id,
+        "dvc_md5": tracking.dvc_stage_hashes(f"mix@{mix}"),
+        "weights_sha256": {w.name: file_digest(w) for w in sorted(final_dir.glob("*.safetensors"))},
+    }
+
+
 def train_metrics(result, data_stats: dict) -> dict:
     return {
         "final_loss": result.final_loss,
@@ -196,6 +214,10 @@ def run_stage(params: dict, mix: str) -> dict:
         metrics = train_metrics(result, data.stats)
         (result.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         (result.final_dir / RUN_ID_FILE).write_text(active.info.run_id + "\n")
+        lineage = lineage_record(mix, mix_dir, manifest, paths, student, result.final_dir, active.info.run_id)
+        (result.final_dir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
+        mlflow.log_dict(lineage, LINEAGE_FILE)
+        mlflow.set_tag("mixdistill.checkpoint_dir", str(out_dir))
         mlflow.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if v is not None})
         mlflow.log_artifacts(str(result.final_dir), artifact_path="checkpoint")
         replace_dir(result.final_dir, out_dir)

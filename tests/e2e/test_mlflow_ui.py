@@ -158,3 +158,56 @@ def test_mlflow_ui_lists_one_run_per_mix_with_metrics_and_judge_audit(pipeline):
             page.screenshot(shots / "mlflow_failure.png")         # what the page showed when it failed
             raise
     print(f"pipeline {pipeline.seconds:.0f} s: {pipeline.timings}; screenshots in {shots}")
+
+
+# ----------------------------------------------------------------------------- lineage audit
+# Same module, so the same tiny pipeline (and server) serves both checks.
+
+def test_lineage_of_a_checkpoint_verifies_and_reports_drift(pipeline, monkeypatch):
+    import polars as pl
+
+    from pipelines.lineage import build_lineage, render
+    from tests.e2e.conftest import MIX_SIZE
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline.server.url)
+    paths = pipeline.params["paths"]
+    ckpt = Path(paths["checkpoints"]) / "long"
+    lin = build_lineage(str(ckpt), pipeline.params)
+    assert lin["problems"] == [], render(lin)
+    assert lin["mix"]["name"] == "long" and lin["mix"]["n_rows"] == MIX_SIZE
+    assert lin["mlflow"]["name"] == "long" and lin["mlflow"]["status"] == "FINISHED"
+    assert lin["checkpoint"]["recorded"]["rows_digest"] == lin["mix"]["rows_digest"]
+    assert lin["checkpoint"]["recorded"]["weights_sha256"]          # weights are re-hashed on every audit
+    (source,) = lin["sources"]                                       # mix 'long' draws on one source
+    assert source == "champ_gpt4_turbo"
+    assert lin["sources"][source]["curated"]["contract"] is True
+    assert lin["sources"][source]["raw"]["origin"]["package"] == "champ-dataset"
+
+    # The MLflow run id leads to the same checkpoint.
+    run_id = (ckpt / "mlflow_run_id.txt").read_text().strip()
+    by_run = build_lineage(run_id, pipeline.params)
+    assert by_run["checkpoint"]["path"] == str(ckpt) and by_run["problems"] == []
+
+    # One training row's history: the checks it passed and where it came from.
+    tid = pl.read_parquet(Path(paths["mixes"]) / "long" / "rows.parquet")["trace_id"][0]
+    one = build_lineage(str(ckpt), pipeline.params, trace=tid)["trace"]
+    assert one["found"] and one["source"] == source and one["curation"]["correct"] is True
+    assert {"correctness", "dedup", "length"} <= set(one["curation"]["checks_passed"])
+
+    # Drift: a curated source edited after training is reported (and the CLI would exit 1).
+    kept = Path(paths["curated"]) / source / "kept.parquet"
+    original = kept.read_bytes()
+    try:
+        pl.read_parquet(kept).head(1).write_parquet(kept)
+        drifted = build_lineage(str(ckpt), pipeline.params)
+        assert any("changed since mix 'long'" in p for p in drifted["problems"]), drifted["problems"]
+    finally:
+        kept.write_bytes(original)
+    weights = sorted(ckpt.glob("*.safetensors"))[0]
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(saved[:-8] + b"\0" * 8)
+        assert any("weights changed since training" in p
+                   for p in build_lineage(str(ckpt), pipeline.params)["problems"])
+    finally:
+        weights.write_bytes(saved)
