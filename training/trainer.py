@@ -181,7 +181,7 @@ def last_complete_checkpoint(work_dir: str | Path, remove_incomplete: bool = Tru
         return None
     found = sorted(((int(m.group(1)), p) for p in work_dir.iterdir()
                     if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))), reverse=True)
-    for step, path in found:
+    for _step, path in found:
         try:
             json.loads((path / "trainer_state.json").read_text())
             return path
@@ -264,10 +264,13 @@ class TrainResult:
 
 
 def train_sft(model, tokenizer, examples: list[dict], cfg: TrainParams, work_dir: str | Path, *,
-              fingerprint: str | None = None, report_to: str = "none", run_name: str | None = None) -> TrainResult:
+              fingerprint: str | None = None, report_to: str = "none", run_name: str | None = None,
+              callbacks: list | None = None) -> TrainResult:
     """Fine-tune ``model`` on tokenized ``examples``; checkpoints go to ``work_dir`` every
-    ``save_steps`` and a rerun resumes from the last one. The final model (full weights, or the
-    LoRA adapter, plus ``merged/`` when ``lora.merge``) and tokenizer go to ``work_dir/final``."""
+    ``save_steps`` and a rerun resumes from the last one (``fingerprint`` guards against resuming
+    another run's checkpoints; None skips that check). The final model (full weights, or the LoRA
+    adapter, plus ``merged/`` when ``lora.merge``) and tokenizer go to ``work_dir/final``.
+    ``callbacks`` are extra ``TrainerCallback``s."""
     from transformers import Trainer, set_seed
 
     work_dir = Path(work_dir)
@@ -296,7 +299,7 @@ def train_sft(model, tokenizer, examples: list[dict], cfg: TrainParams, work_dir
     # 3. Trainer: its own loop, logging (report_to), checkpoints and resume.
     throughput = ThroughputCallback()
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      processing_class=tokenizer, callbacks=[throughput])
+                      processing_class=tokenizer, callbacks=[throughput, *(callbacks or [])])
     # Run first, so that reporters (MLflow) see tokens_per_second in the same logs dict.
     trainer.callback_handler.callbacks.remove(throughput)
     trainer.callback_handler.callbacks.insert(0, throughput)
