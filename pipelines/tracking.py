@@ -2,6 +2,11 @@
 
 The store defaults to a local SQLite file inside the project (params ``tracking.uri``);
 ``MLFLOW_TRACKING_URI`` in the environment wins, so a team ``mlflow server`` is honoured.
+
+A relative SQLite path is anchored at the project root: ``DVC_ROOT``, which DVC sets for every
+stage and points at the *parent* repository when ``dvc exp run --queue`` / ``--temp`` runs the
+stage in a temporary copy, so queued experiments log into the same store as the workspace
+instead of one that is deleted with the copy.
 """
 from __future__ import annotations
 
@@ -17,9 +22,18 @@ def tracking_uri(params: dict) -> str:
         return env
     uri = (params.get("tracking") or {}).get("uri", "sqlite:///mlflow.db")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Anchor the relative SQLite path at the project root, whatever the working directory.
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        root = Path(os.environ.get("DVC_ROOT") or ".")
+        uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
     return uri
+
+
+def experiment_tags() -> dict[str, str]:
+    """The DVC experiment a stage runs in (``dvc exp run`` sets these), as MLflow tags."""
+    tags = {}
+    for env, tag in (("DVC_EXP_NAME", "mixdistill.dvc_exp"), ("DVC_EXP_BASELINE_REV", "mixdistill.dvc_exp_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
 
 
 def configure(params: dict):
@@ -67,7 +81,29 @@ def dvc_stage_hashes(stage_prefix: str, lock_path: str | Path = "dvc.lock") -> d
 def run(params: dict, name: str, tags: dict | None = None, run_id: str | None = None):
     """Start (or resume, given ``run_id``) a run tagged with the git commit."""
     mlflow = configure(params)
-    all_tags = {"mixdistill.git_commit": git_commit() or "unknown", **(tags or {})}
+    all_tags = {"mixdistill.git_commit": git_commit() or "unknown", **experiment_tags(), **(tags or {})}
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
         mlflow.set_tags(all_tags)
         yield active
+
+
+def trainer_metrics_callback():
+    """A ``TrainerCallback`` that logs the Trainer's numeric logs (loss, learning rate, grad norm,
+    tokens/s, epoch; the final runtime summary) to the active MLflow run at the global step.
+
+    Used instead of transformers' ``report_to="mlflow"``, whose callback also logs every model
+    config and TrainingArguments field (~200 params) into the run; the train stage logs the
+    params that define the run itself (``train.*``, ``mix.*``, ``student.*``, ``data.*``)."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class MlflowMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or mlflow.active_run() is None:
+                return
+            numeric = {k: float(v) for k, v in logs.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if numeric:
+                mlflow.log_metrics(numeric, step=state.global_step)
+
+    return MlflowMetrics()

@@ -147,6 +147,7 @@ def lineage_record(mix: str, mix_dir: Path, manifest: dict, paths, student: dict
         "shares": manifest.get("shares"), "curated_root": str(paths.curated), "traces_root": str(paths.traces),
         "sources": {name: info.get("kept_digest") for name, info in (manifest.get("sources") or {}).items()},
         "student": student, "git_commit": tracking.git_commit(), "mlflow_run_id": run_id,
+        "dvc_exp": os.environ.get("DVC_EXP_NAME"),
         "dvc_md5": tracking.dvc_stage_hashes(f"mix@{mix}"),
         "weights_sha256": {w.name: file_digest(w) for w in sorted(final_dir.glob("*.safetensors"))},
     }
@@ -193,7 +194,7 @@ def run_stage(params: dict, mix: str) -> dict:
     run_fingerprint = fingerprint(cfg, manifest, student)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not is_main:        # other processes of a multi-GPU launch only train
-        train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint, report_to="mlflow")
+        train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint)
         return {}
 
     # Checkpoints of another run (other params, mix or student) are discarded here; what is left
@@ -210,7 +211,7 @@ def run_stage(params: dict, mix: str) -> dict:
         run_id_path.write_text(active.info.run_id + "\n")
         log_run_inputs(mlflow, cfg, mix, manifest, mix_dir / "manifest.json", rows, student, data.stats)
         result = train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint,
-                           report_to="mlflow", run_name=mix)
+                           run_name=mix, callbacks=[tracking.trainer_metrics_callback()])
         metrics = train_metrics(result, data.stats)
         (result.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         (result.final_dir / RUN_ID_FILE).write_text(active.info.run_id + "\n")

@@ -1,7 +1,7 @@
 """Trainer setup and the SFT recipe: full fine-tuning or LoRA, DeepSpeed, packing, resume.
 
 ``train_sft`` is the recipe, top to bottom, on the Hugging Face ``Trainer`` (its own logging,
-checkpointing and resume; ``report_to="mlflow"`` when called from the pipeline).
+checkpointing and resume; the pipeline adds a callback that logs its metrics to MLflow).
 
 Packing and attention. A packed row holds several examples; they must not attend to each other.
 ``transformers`` keeps them apart from ``position_ids`` alone only when no KV cache is built
@@ -146,6 +146,7 @@ def training_arguments_kwargs(cfg: TrainParams, output_dir: str | Path, *, repor
         # Packed rows have no padding; padded batches count real tokens from the attention mask.
         "include_num_input_tokens_seen": "all" if cfg.packing else "non_padding",
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "disable_tqdm": True,
     }
 
@@ -296,7 +297,7 @@ def train_sft(model, tokenizer, examples: list[dict], cfg: TrainParams, work_dir
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
-    # 3. Trainer: its own loop, logging (report_to), checkpoints and resume.
+    # 3. Trainer: its own loop, logging (report_to, callbacks), checkpoints and resume.
     throughput = ThroughputCallback()
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                       processing_class=tokenizer, callbacks=[throughput, *(callbacks or [])])

@@ -187,6 +187,17 @@ def test_lineage_of_a_checkpoint_verifies_and_reports_drift(pipeline, monkeypatc
     run_id = (ckpt / "mlflow_run_id.txt").read_text().strip()
     by_run = build_lineage(run_id, pipeline.params)
     assert by_run["checkpoint"]["path"] == str(ckpt) and by_run["problems"] == []
+    # Asked by run id, lineage checks that the directory still holds *that* run's checkpoint (after
+    # a DVC experiment it may hold another run's), against the lineage the run logged to MLflow.
+    lin_file = ckpt / "lineage.json"
+    own = lin_file.read_text()
+    try:
+        lin_file.write_text(json.dumps({**json.loads(own), "mlflow_run_id": "0" * 32}))
+        assert build_lineage(str(ckpt), pipeline.params)["problems"] == []
+        swapped = build_lineage(run_id, pipeline.params)["problems"]
+        assert any(f"holds the checkpoint of run {'0' * 32}, not of run {run_id}" in p for p in swapped), swapped
+    finally:
+        lin_file.write_text(own)
 
     # One training row's history: the checks it passed and where it came from.
     tid = pl.read_parquet(Path(paths["mixes"]) / "long" / "rows.parquet")["trace_id"][0]

@@ -191,7 +191,7 @@ def test_report_deltas_tables_and_plots(project, tmp_path):
     points = json.loads(Path("reports/plots/accuracy.json").read_text())
     assert len(points) == 12 and points[0] == {"model": "base", "benchmark": "champ_test", "accuracy": 0.1}
     summary = Path("reports/summary.md").read_text()
-    assert "| ΔLong = P(long) − P(short) | +0.200 | +0.100 |" in summary
+    assert "| ΔLong = P(long: long) − P(short: short) | +0.200 | +0.100 |" in summary
     assert "Not evaluated (no scores.json): human." in summary
     for png in ("accuracy.png", "response_lengths.png"):
         assert Path("reports", png).read_bytes()[:4] == b"\x89PNG"
