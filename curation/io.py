@@ -1,5 +1,11 @@
-"""Atomic outputs: a stage writes into a temporary sibling and renames it into place only when
-everything succeeded, so a failure never leaves half-written output behind."""
+"""File helpers shared by the stages.
+
+Atomic outputs: a stage writes into a temporary sibling and renames it into place only when
+everything succeeded, so a failure never leaves half-written output behind.
+
+JSONL input: :func:`iter_jsonl` is the one line reader; its :class:`JsonlError` names the file and
+line, and each caller wraps it in its own error type.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +14,73 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+
+class JsonlError(ValueError):
+    """A JSONL file that cannot be read or parsed.
+
+    ``path`` is the file, ``lineno`` the 1-based line (None when the file itself cannot be read)
+    and ``reason`` the problem without the location, e.g. ``invalid JSON: Expecting value
+    (column 5)``. ``str()`` is ``"PATH: line N: REASON"`` (``"PATH: REASON"`` without a line).
+    """
+
+    def __init__(self, path: str | Path, lineno: int | None, reason: str):
+        self.path = Path(path)
+        self.lineno = lineno
+        self.reason = reason
+        where = f"{path}: line {lineno}" if lineno is not None else f"{path}"
+        super().__init__(f"{where}: {reason}")
+
+
+def iter_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield ``(lineno, obj)`` for each non-blank line of a JSONL file, streaming.
+
+    Lines are split on ``\\n`` only (so a raw U+2028 inside a string stays in its line); line
+    numbers count every line, blank ones included. Every line must be UTF-8 holding one JSON
+    object, else :class:`JsonlError` names the line: invalid UTF-8 (the byte and its position),
+    invalid JSON (the parser's message and column), or a JSON value that is no object (its type).
+    A file that cannot be opened or read raises :class:`JsonlError` with ``lineno=None``.
+
+    ``tolerate_torn_tail``: a final line with no newline after it that is not valid UTF-8 or JSON
+    is skipped instead of raising, as a write cut short by a kill leaves it (an append-only log
+    being resumed). Only that last, unterminated line is forgiven, and only for those two faults.
+    """
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise JsonlError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+    with f:
+        lineno = 0
+        while True:
+            try:
+                raw = f.readline()
+            except OSError as exc:
+                raise JsonlError(path, None, f"cannot read: {exc.strerror or exc}") from exc
+            if not raw:
+                return
+            lineno += 1
+            if not raw.strip():
+                continue
+            torn_ok = tolerate_torn_tail and not raw.endswith(b"\n")
+            line = raw.rstrip(b"\r\n")  # so that a JSON error's column is within this line
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if torn_ok:
+                    return
+                bad = line[exc.start]
+                raise JsonlError(path, lineno, f"not valid UTF-8 (byte 0x{bad:02x} at position {exc.start} "
+                                               f"of the line: {exc.reason})") from exc
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                if torn_ok:
+                    return
+                raise JsonlError(path, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+            if not isinstance(obj, dict):
+                raise JsonlError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
 
 
 def _umask() -> int:

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import polars as pl
 
+from curation.io import JsonlError, iter_jsonl
 from curation.schema import conform, dumps, trace_id
 
 CHAMP_SUMMARY_PREFIX = "Now, summarize the answer above"
@@ -185,8 +186,8 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[dict], st
             return pl.read_parquet(path).to_dicts(), str(path)
         except Exception as exc:  # polars raises several error types for corrupt files
             raise SourceError(f"{path}: not a readable Parquet file: {exc}") from exc
-    data = path.read_bytes()
     if fmt == "json":
+        data = path.read_bytes()
         try:
             obj = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -201,21 +202,12 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[dict], st
             raise SourceError(f"{path}: expected a JSON list of objects")
         return obj, str(path)
     rows = []
-    for lineno, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{path}: line {lineno}: not valid UTF-8 (byte {exc.start} of the line)") from exc
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}: line {lineno}: invalid JSON: {exc.msg}") from exc
-        if not isinstance(obj, dict):
-            raise SourceError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        obj["__line__"] = lineno
-        rows.append(obj)
+    try:
+        for lineno, obj in iter_jsonl(path):
+            obj["__line__"] = lineno
+            rows.append(obj)
+    except JsonlError as exc:
+        raise SourceError(str(exc)) from exc
     if not rows:
         raise SourceError(f"{path}: no rows (only blank lines)")
     return rows, str(path)

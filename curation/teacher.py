@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
-from curation.io import write_json
+from curation.io import JsonlError, iter_jsonl, write_json
 from curation.schema import conform, dumps, trace_id
 from curation.sources import SourceError
 from evaluation.engines import Completion, EngineError, SamplingConfig, make_engine
@@ -262,10 +262,15 @@ class ChunkStore:
         seen_in: dict[tuple[str, str], str] = {}
         for path in self.chunk_files():
             grouped: dict[tuple[str, str], list[Sample]] = {}
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if line.strip():
-                    sample = self._parse(path, lineno, line)
+            # Chunks are renamed into place only once fsync'd whole, so a torn last line is damage,
+            # not an interrupted write: no torn-tail tolerance here.
+            try:
+                for lineno, rec in iter_jsonl(path):
+                    sample = self._parse(f"{path}: line {lineno}", rec)
                     grouped.setdefault((sample.problem_id, sample.problem_sha), []).append(sample)
+            except JsonlError as exc:
+                advice = "" if exc.lineno is None else "; delete this chunk to regenerate it"
+                raise SourceError(f"{exc}{advice}") from exc
             for key, samples in grouped.items():
                 if key in seen_in:
                     raise SourceError(f"{path}: problem '{key[0]}' was already generated in {seen_in[key]} "
@@ -279,14 +284,7 @@ class ChunkStore:
         return by_problem
 
     @staticmethod
-    def _parse(path: Path, lineno: int, line: str) -> Sample:
-        where = f"{path}: line {lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{where}: invalid JSON ({exc.msg}); delete this chunk to regenerate it") from exc
-        if not isinstance(rec, dict):
-            raise SourceError(f"{where}: expected a JSON object")
+    def _parse(where: str, rec: dict) -> Sample:
         missing = sorted(SAMPLE_FIELDS - set(rec))
         if missing:
             raise SourceError(f"{where}: field '{missing[0]}' is missing; delete this chunk to regenerate it")

@@ -15,12 +15,13 @@ line and field.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 import polars as pl
+
+from curation.io import JsonlError, iter_jsonl
 
 BENCHMARK_COLUMNS = ("problem_id", "problem", "reference_answer", "benchmark")
 
@@ -185,15 +186,11 @@ def read_jsonl(path: str | Path) -> Iterable[tuple[str, dict]]:
     path = Path(path)
     if not path.exists():
         raise BenchmarkError(f"{path}: benchmark file not found")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}: line {n}: not valid JSON ({exc.msg})") from exc
+    try:
+        for n, row in iter_jsonl(path):
             yield f"{path}: line {n}", row
+    except JsonlError as exc:
+        raise BenchmarkError(str(exc)) from exc
 
 
 def _read_hub(spec: dict, fmt: str, name: str) -> Iterable[tuple[str, dict]]:

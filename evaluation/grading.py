@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable
 
+from curation.io import JsonlError, iter_jsonl
 from evaluation.answers import extract_answer, reference_variants
 
 __all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "math_verify_check", "to_latex"]
@@ -316,38 +317,28 @@ def _ref_key(reference) -> str:
 
 # ----------------------------------------------------------------------------- files
 
+def _check_fields(row: dict, where: str, response_field: str, reference_field: str) -> None:
+    for field, ok, expected in (
+        (response_field, lambda v: isinstance(v, str), "a string"),
+        (reference_field, lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)
+         or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
+         "a string, a number or a list of strings"),
+    ):
+        if field not in row:
+            raise GradingInputError(f"{where}: field '{field}' is missing")
+        if not ok(row[field]):
+            raise GradingInputError(f"{where}: field '{field}' must be {expected}, got {type(row[field]).__name__}")
+
+
 def _read_rows(path: Path, response_field: str, reference_field: str) -> list[dict]:
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise GradingInputError(f"{path}: cannot read: {exc}") from exc
     rows = []
-    for lineno, raw in enumerate(raw_lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise GradingInputError(f"{path}, line {lineno}: not valid UTF-8 "
-                                    f"({exc.reason} at byte {exc.start})") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GradingInputError(f"{path}, line {lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
-        if not isinstance(row, dict):
-            raise GradingInputError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-        for field, ok, expected in (
-            (response_field, lambda v: isinstance(v, str), "a string"),
-            (reference_field, lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)
-             or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
-             "a string, a number or a list of strings"),
-        ):
-            if field not in row:
-                raise GradingInputError(f"{path}, line {lineno}: field '{field}' is missing")
-            if not ok(row[field]):
-                raise GradingInputError(f"{path}, line {lineno}: field '{field}' must be {expected}, "
-                                        f"got {type(row[field]).__name__}")
-        rows.append(row)
+    try:
+        for lineno, row in iter_jsonl(path):
+            _check_fields(row, f"{path}, line {lineno}", response_field, reference_field)
+            rows.append(row)
+    except JsonlError as exc:
+        where = str(exc.path) if exc.lineno is None else f"{exc.path}, line {exc.lineno}"
+        raise GradingInputError(f"{where}: {exc.reason}") from None
     if not rows:
         raise GradingInputError(f"{path}: empty file, no JSON lines to grade")
     return rows

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curation.io import atomic_file, write_json
+from curation.io import JsonlError, atomic_file, iter_jsonl, write_json
 from evaluation.answers import normalize_answer
 from evaluation.config import EvalParams, EvalParamsError, parse_eval
 from evaluation.engines import Engine, EngineError, make_engine
@@ -71,27 +71,27 @@ class SampleStore:
             self._load()
 
     def _load(self) -> None:
+        last_line = 0
+        try:
+            for n, rec in iter_jsonl(self.path, tolerate_torn_tail=True):
+                for key in ("benchmark", "problem_id", "sample_idx", "response"):
+                    if key not in rec:
+                        raise ValueError(f"{self.path}: line {n}: field '{key}' is missing")
+                self.records[(rec["benchmark"], rec["problem_id"], rec["sample_idx"])] = rec
+                last_line = n
+        except JsonlError as exc:
+            raise ValueError(f"{exc} (delete the file to regenerate)") from exc
+        # A crash can leave the last line unterminated: drop it when it is cut short, and finish it
+        # when only its newline is missing, so that the next append starts on a line of its own.
         raw = self.path.read_bytes()
-        good_end = 0
-        lines = raw.split(b"\n")
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                good_end += len(line) + 1
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if n == len(lines):        # a write cut short by a crash: drop the partial line
-                    break
-                raise ValueError(f"{self.path}: line {n}: not valid JSON (delete the file to regenerate)")
-            for key in ("benchmark", "problem_id", "sample_idx", "response"):
-                if key not in rec:
-                    raise ValueError(f"{self.path}: line {n}: field '{key}' is missing")
-            self.records[(rec["benchmark"], rec["problem_id"], rec["sample_idx"])] = rec
-            good_end += len(line) + 1
-        if good_end < len(raw):
+        if raw and not raw.endswith(b"\n"):
+            cut = raw.rfind(b"\n") + 1
             with self.path.open("r+b") as f:
-                f.truncate(good_end)
+                if last_line == raw.count(b"\n") + 1:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                else:
+                    f.truncate(cut)
 
     def has(self, benchmark: str, problem_id: str, n: int) -> bool:
         return all((benchmark, problem_id, i) in self.records for i in range(n))
@@ -233,6 +233,10 @@ def log_to_mlflow(result: dict, params: dict) -> str:
         run_id = run_file.read_text().strip()
     else:
         print(f"eval: warning: {run_file} missing; logging to a new run named '{name}'", file=sys.stderr)
+    if run_id and not tracking.run_exists(params, run_id):
+        print(f"eval: warning: MLflow run {run_id} (from {base_file if name == BASE else run_file}) is not in "
+              f"the store {tracking.tracking_uri(params)}; logging to a new run named '{name}'", file=sys.stderr)
+        run_id = None
     tags = {"mixdistill.model": name, "mixdistill.eval.judge": result["judge_id"]}
     with tracking.run(params, name=name, tags=tags, run_id=run_id) as active:
         import mlflow

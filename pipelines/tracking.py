@@ -77,6 +77,17 @@ def dvc_stage_hashes(stage_prefix: str, lock_path: str | Path = "dvc.lock") -> d
     return out
 
 
+def run_exists(params: dict, run_id: str) -> bool:
+    """Whether the configured store holds ``run_id`` (a run id file can outlive its store, or
+    come with a checkpoint pulled from a DVC remote into a project with another store)."""
+    mlflow = configure(params)
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 @contextmanager
 def run(params: dict, name: str, tags: dict | None = None, run_id: str | None = None):
     """Start (or resume, given ``run_id``) a run tagged with the git commit."""

@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from pipelines import tracking
@@ -113,8 +114,12 @@ def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_
         logged[f"data.{key}"] = data_stats[key]
     mlflow.log_params({k: ("null" if v is None else v) for k, v in logged.items()})
 
-    dataset = mlflow.data.from_pandas(rows.to_pandas(), source=str(manifest_path.resolve()), name=mix,
-                                      digest=str(manifest.get("rows_digest")))
+    with warnings.catch_warnings():
+        # MLflow's schema inference warns about integer columns (ours never hold nulls) and about a
+        # local path that two of its source classes could claim; neither concerns a logged dataset.
+        warnings.filterwarnings("ignore", message=".*(integer column|interpreted in multiple ways).*")
+        dataset = mlflow.data.from_pandas(rows.to_pandas(), source=str(manifest_path.resolve()), name=mix,
+                                          digest=str(manifest.get("rows_digest")))
     mlflow.log_input(dataset, context="training")
 
     tags = {"mixdistill.stage": "train", "mixdistill.mix": mix, "mixdistill.student": str(student.get("source"))}
@@ -123,16 +128,6 @@ def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_
         if stage == f"mix@{mix}":        # the prefix would also match mix@<mix>_other
             tags[_tag_key(f"mixdistill.dvc_md5.{path}")] = md5
     mlflow.set_tags(tags)
-
-
-def _run_exists(params: dict, run_id: str) -> bool:
-    mlflow = tracking.configure(params)
-    try:
-        mlflow.get_run(run_id)
-        return True
-    except mlflow.exceptions.MlflowException:    # another tracking store, or a deleted run
-        log.warning("MLflow run %s of the interrupted training is gone; starting a new run", run_id)
-        return False
 
 
 def lineage_record(mix: str, mix_dir: Path, manifest: dict, paths, student: dict, final_dir: Path,
@@ -202,7 +197,8 @@ def run_stage(params: dict, mix: str) -> dict:
     prepare_work_dir(work_dir, run_fingerprint)
     run_id_path = work_dir / RUN_ID_FILE
     resume_run = run_id_path.read_text().strip() if run_id_path.is_file() else None
-    if resume_run and not _run_exists(params, resume_run):
+    if resume_run and not tracking.run_exists(params, resume_run):
+        log.warning("MLflow run %s of the interrupted training is gone; starting a new run", resume_run)
         resume_run = None
 
     with tracking.run(params, name=mix, run_id=resume_run) as active:

@@ -225,7 +225,11 @@ def test_locked_and_corrupt_work_dirs_are_clear_errors(tmp_path):
             generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
     chunk = work / "chunk-000000.jsonl"
     chunk.write_text(chunk.read_text() + "{not json\n")
-    with pytest.raises(SourceError, match=r"chunk-000000.jsonl: line 9: invalid JSON"):
+    with pytest.raises(SourceError, match=r"chunk-000000.jsonl: line 9: invalid JSON.*delete this chunk"):
+        generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
+    # A torn last line is damage too (chunks are renamed into place whole), and so is bad UTF-8.
+    chunk.write_bytes(chunk.read_bytes().replace(b"{not json\n", b'{"problem_id": "caf\xe9'))
+    with pytest.raises(SourceError, match=r"chunk-000000.jsonl: line 9: not valid UTF-8 \(byte 0xe9.*delete this chunk"):
         generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
 
 

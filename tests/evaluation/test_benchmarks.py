@@ -105,7 +105,7 @@ def test_hub_errors_name_dataset_and_row(monkeypatch):
 
 @pytest.mark.parametrize("rows,fmt,message", [
     (['{"problem": "p", "answer": "1", "unique_id": "a"}', '{"problem": "q", '], "math500",
-     r"bad.jsonl: line 2: not valid JSON"),
+     r"bad.jsonl: line 2: invalid JSON: Expecting property name .* \(column 18\)"),
     ([{"problem": "p", "answer": "1", "unique_id": "a"}, {"problem": "q", "unique_id": "b"}], "math500",
      r"bad.jsonl: line 2: field 'answer' is missing"),
     ([{"problem": "", "answer": "1", "unique_id": "a"}], "math500", r"line 1: field 'problem' is empty"),
@@ -122,6 +122,13 @@ def test_malformed_files_name_file_line_field(tmp_path, rows, fmt, message):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(BenchmarkError, match=message):
         load_benchmark("b", {"kind": "file", "format": fmt, "path": str(path)})
+
+
+def test_invalid_utf8_is_a_benchmark_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"problem": "p", "answer": "1", "unique_id": "a"}\n{"problem": "caf\xe9"}\n')
+    with pytest.raises(BenchmarkError, match=r"bad\.jsonl: line 2: not valid UTF-8 \(byte 0xe9"):
+        load_benchmark("b", {"kind": "file", "format": "math500", "path": str(path)})
 
 
 def test_spec_errors(tmp_path):

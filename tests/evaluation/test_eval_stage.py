@@ -106,6 +106,18 @@ def test_resume_generates_only_missing_samples(project):
     assert eval_stage.evaluate("mix_a", project, engine=again)["generated"] == 0
 
 
+def test_resume_after_a_crash_that_lost_only_the_newline(project):
+    with pytest.raises(EngineError, match="simulated crash"):
+        eval_stage.evaluate("mix_a", project, engine=CrashAfter(chunks=1))
+    samples = Path("data/eval/mix_a/samples.jsonl")
+    samples.write_bytes(samples.read_bytes().rstrip(b"\n"))      # last record complete, newline lost
+    engine = CrashAfter(chunks=10)
+    res = eval_stage.evaluate("mix_a", project, engine=engine)
+    assert (res["generated"], res["reused"]) == (3, 2)          # the complete record is kept...
+    keys = [(r["benchmark"], r["problem_id"], r["sample_idx"]) for r in read_jsonl(samples)]
+    assert len(keys) == len(set(keys)) == 5                     # ...and new ones start on their own line
+
+
 def test_changed_checkpoint_starts_afresh(project, capsys):
     eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
     Path("models/checkpoints/mix_a/config.json").write_text('{"model_type": "retrained"}')
@@ -120,7 +132,7 @@ def test_corrupt_saved_sample_is_an_error(project):
     samples = Path("data/eval/mix_a/samples.jsonl")
     lines = samples.read_text().splitlines()
     samples.write_text("\n".join([lines[0], "{broken", *lines[1:]]) + "\n")
-    with pytest.raises(ValueError, match=r"samples.jsonl: line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"samples.jsonl: line 2: invalid JSON.*delete the file to regenerate"):
         eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
 
 
@@ -163,6 +175,17 @@ def test_base_gets_its_own_reused_run(project):
     first = eval_stage.log_to_mlflow(res, project)
     assert mlflow.get_run(first).info.run_name == "base"
     assert eval_stage.log_to_mlflow(res, project) == first
+
+
+def test_run_id_unknown_to_the_store_gets_a_new_run(project, capsys):
+    # A checkpoint pulled from a DVC remote names a run of another MLflow store.
+    import mlflow
+
+    res = eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
+    (Path("models/checkpoints/mix_a") / "mlflow_run_id.txt").write_text("f" * 32 + "\n")
+    run_id = eval_stage.log_to_mlflow(res, project)
+    assert run_id != "f" * 32 and mlflow.get_run(run_id).info.run_name == "mix_a"
+    assert f"MLflow run {'f' * 32}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- report stage
