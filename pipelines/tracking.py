@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def experiment_tags() -> dict[str, str]:
 def configure(params: dict):
     """Point MLflow at the configured store and experiment; return the mlflow module."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Schema inference of a logged dataset hints about integer columns (ours hold no nulls).
+    warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
     import mlflow
 
     uri = tracking_uri(params)
@@ -92,7 +95,10 @@ def run_exists(params: dict, run_id: str) -> bool:
 def run(params: dict, name: str, tags: dict | None = None, run_id: str | None = None):
     """Start (or resume, given ``run_id``) a run tagged with the git commit."""
     mlflow = configure(params)
-    all_tags = {"mixdistill.git_commit": git_commit() or "unknown", **experiment_tags(), **(tags or {})}
+    # A resumed run keeps the experiment tags it was created with (an eval re-run in another DVC
+    # experiment does not relabel the training run it logs into).
+    all_tags = {"mixdistill.git_commit": git_commit() or "unknown", **(experiment_tags() if run_id is None else {}),
+                **(tags or {})}
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as active:
         mlflow.set_tags(all_tags)
         yield active

@@ -38,3 +38,19 @@ def test_experiment_tags_name_the_dvc_experiment(monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "long-0.3")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
     assert tracking.experiment_tags() == {"mixdistill.dvc_exp": "long-0.3", "mixdistill.dvc_exp_baseline": "abc123"}
+
+
+def test_a_resumed_run_keeps_the_experiment_it_was_created_in(monkeypatch, tmp_path):
+    import mlflow
+
+    params = {"tracking": {"uri": f"sqlite:///{tmp_path}/m.db", "experiment": "t"}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "long-0.1")
+    with tracking.run(params, name="mix_long") as active:
+        run_id = active.info.run_id
+    monkeypatch.setenv("DVC_EXP_NAME", "eval-only-sweep")      # e.g. an eval re-run logging into it
+    with tracking.run(params, name="mix_long", run_id=run_id, tags={"mixdistill.model": "mix_long"}):
+        pass
+    tags = mlflow.get_run(run_id).data.tags
+    assert tags["mixdistill.dvc_exp"] == "long-0.1" and tags["mixdistill.model"] == "mix_long"
+    assert tracking.run_exists(params, run_id) and not tracking.run_exists(params, "0" * 32)
