@@ -32,7 +32,9 @@ from evaluation.metrics import summarize
 from pipelines.params import ParamsError, load_params, parse_paths
 
 BASE = "base"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
+# Records about a training run that sit in its checkpoint directory but do not change the model.
+RUN_RECORDS = {"mlflow_run_id.txt", "lineage.json", "train_metrics.json"}
 
 
 def model_dir(name: str, paths) -> Path:
@@ -40,10 +42,11 @@ def model_dir(name: str, paths) -> Path:
 
 
 def checkpoint_digest(path: Path) -> str:
-    """Content hash of a model directory (weights, configs, tokenizer): retraining changes it."""
+    """Content hash of a model directory (weights, configs, tokenizer, chat template): what the
+    model generates depends on these, not on the run records kept beside them."""
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and p.name != "mlflow_run_id.txt")
+                   and p.name not in RUN_RECORDS)
     if not files:
         raise FileNotFoundError(f"{path}: no model files (expected config.json and weights)")
     for p in files:

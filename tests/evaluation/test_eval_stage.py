@@ -127,6 +127,20 @@ def test_changed_checkpoint_starts_afresh(project, capsys):
     assert "starting afresh" in capsys.readouterr().err
 
 
+def test_checkpoint_digest_follows_the_model_not_the_run_records(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    (ckpt / "chat_template.jinja").write_text("{{ messages }}")
+    first = eval_stage.checkpoint_digest(ckpt)
+    for record in ("lineage.json", "train_metrics.json", "mlflow_run_id.txt"):   # a retrain's records
+        (ckpt / record).write_text("run specific")
+    assert eval_stage.checkpoint_digest(ckpt) == first
+    (ckpt / "chat_template.jinja").write_text("{{ other }}")                   # prompts change
+    assert eval_stage.checkpoint_digest(ckpt) != first
+
+
 def test_corrupt_saved_sample_is_an_error(project):
     eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
     samples = Path("data/eval/mix_a/samples.jsonl")
