@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,8 +39,6 @@ def experiment_tags() -> dict[str, str]:
 def configure(params: dict):
     """Point MLflow at the configured store and experiment; return the mlflow module."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Schema inference of a logged dataset hints about integer columns (ours hold no nulls).
-    warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
     import mlflow
 
     uri = tracking_uri(params)

@@ -120,7 +120,7 @@ def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_
         warnings.filterwarnings("ignore", message=".*(integer column|interpreted in multiple ways).*")
         dataset = mlflow.data.from_pandas(rows.to_pandas(), source=str(manifest_path.resolve()), name=mix,
                                           digest=str(manifest.get("rows_digest")))
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
 
     tags = {"mixdistill.stage": "train", "mixdistill.mix": mix, "mixdistill.student": str(student.get("source"))}
     for stage_path, md5 in tracking.dvc_stage_hashes(f"mix@{mix}").items():
