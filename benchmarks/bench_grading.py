@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.answers import extract_answer, reference_variants  # noqa: E402
-from evaluation.grading import Grader, cheap_compare, to_latex  # noqa: E402
+from grading.answers import extract_answer, reference_variants  # noqa: E402
+from grading.grader import Grader, cheap_compare, to_latex  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grading.json"
 
@@ -127,7 +127,7 @@ def time_numeric_common_case(pairs, limit: int) -> dict:
     # both sides start cold: our normalisation cache and math-verify's parse caches are emptied
     from math_verify import parser as mv_parser
 
-    from evaluation.answers import normalize_answer
+    from grading.answers import normalize_answer
     normalize_answer.cache_clear()
     mv_parser.parse_latex_cached.cache_clear()
     mv_parser.parse_expr_cached.cache_clear()

@@ -172,7 +172,7 @@ def run_trl(rows, student_dir, packing: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from training.data import build_prompt
+    from common.prompt import build_prompt
     from training.student import load_student
 
     model, tokenizer = load_student(student_dir, "float32")

@@ -1,1 +1,7 @@
-"""Trace curation: schema, sources, checks, contracts, dedup, decontamination, mixing."""
+"""Curation: trace sources, per-trace checks, contracts and exact-ratio mixes.
+
+Owns the trace schema, loading sources (CHAMP, hub, files, teacher generation), the check suite
+and its runner, Great Expectations contracts, mixing with manifests, and the ``problems:``,
+``sources:``, ``curate:``, ``groups:`` and ``mix:`` params. Imports the lower layer
+(:mod:`common`, :mod:`generation`, :mod:`grading`) only.
+"""

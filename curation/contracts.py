@@ -28,6 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
+from common import layout as names
 from curation.schema import REQUIRED_TEXT, STYLES, TEACHER_SIZES, TRACE_SCHEMA
 
 # Pipeline stages run offline and must never wait on a network call; GX's usage statistics are
@@ -65,15 +66,6 @@ class ContractResult:
     statistics: dict         # evaluated / successful / unsuccessful expectations (total and per suite)
     results_path: str        # contract.json: the GX validation results of both suites
     docs_path: str | None    # data docs index.html, or None when docs were not asked for
-
-
-class ContractViolation(RuntimeError):
-    """A curated source broke its contract; the message lists every failed expectation."""
-
-    @classmethod
-    def from_result(cls, source_name: str, result: ContractResult) -> "ContractViolation":
-        return cls(f"contract for curated source '{source_name}' failed "
-                   f"(results: {result.results_path}):\n{format_failures(result)}")
 
 
 def format_failures(result: ContractResult) -> str:
@@ -331,7 +323,7 @@ def validate_curated(kept: pl.DataFrame, report: dict, curate_params, source_nam
 
     Writes ``out_dir/contract.json`` and, with ``data_docs``, GX data docs under
     ``out_dir/contract_docs/``. Never raises on a violation: the caller decides (the curate
-    stage writes everything, then fails with :class:`ContractViolation`'s text)."""
+    stage writes everything, then fails with :func:`format_failures`' text)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_dir = out_dir / DOCS_DIR if data_docs else None
@@ -367,7 +359,7 @@ def validate_curated(kept: pl.DataFrame, report: dict, curate_params, source_nam
             _write_summary_html(docs_dir / "index.html", source_name, success, failures, statistics,
                                 docs_error)
 
-    results_path = out_dir / "contract.json"
+    results_path = out_dir / names.CONTRACT
     payload = {"source": source_name, "success": success, "failures": failures,
                "statistics": statistics, "docs_error": docs_error,
                "validations": {"rows": row_result.to_json_dict(), "batch": batch_result.to_json_dict()}}

@@ -16,16 +16,20 @@ from pathlib import Path
 
 import polars as pl
 
-from curation.schema import TRACE_COLUMNS, file_digest, frame_digest
+from common import layout as names
+from common.digests import file_digest, frame_digest
+from common.errors import MixdistillError
+from common.prompt import build_messages
+from curation.schema import TRACE_COLUMNS
 
 MIX_ROW_COLUMNS = TRACE_COLUMNS + ["response_tokens", "sequence_tokens", "component", "draw"]
 
 
-class MixError(ValueError):
+class MixError(MixdistillError, ValueError):
     """A mix cannot be built as configured (unknown source, too few rows, failed contract...)."""
 
 
-class MixIntegrityError(RuntimeError):
+class MixIntegrityError(MixdistillError, RuntimeError):
     """A mix on disk does not match its manifest, or was built from a source whose contract failed."""
 
 
@@ -40,7 +44,7 @@ class CuratedSource:
 
 def load_curated(curated_root: str | Path, name: str) -> CuratedSource:
     d = Path(curated_root) / name
-    kept, report = d / "kept.parquet", d / "report.json"
+    kept, report = d / names.KEPT, d / names.CURATE_REPORT
     if not kept.exists() or not report.exists():
         raise MixError(f"{d}: curated source '{name}' not found (kept.parquet / report.json); "
                        "run its curate stage")
@@ -145,20 +149,14 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
     return rows, manifest
 
 
-def chat_messages(problem: str, response: str) -> list[dict]:
-    from training.data import build_prompt
-
-    return [{"role": "user", "content": build_prompt(problem)}, {"role": "assistant", "content": response}]
-
-
 def write_mix(rows: pl.DataFrame, manifest: dict, out: Path) -> dict:
     """Write rows (Parquet + HF datasets), manifest, and the LLaMA-Factory / TRL exports into ``out``."""
     import datasets
 
     out.mkdir(parents=True, exist_ok=True)
-    rows.write_parquet(out / "rows.parquet")
-    manifest = {**manifest, "rows_file": "rows.parquet", "rows_digest": frame_digest(rows, MIX_ROW_COLUMNS)}
-    messages = [chat_messages(p, r) for p, r in zip(rows["problem"].to_list(), rows["response"].to_list())]
+    rows.write_parquet(out / names.MIX_ROWS)
+    manifest = {**manifest, "rows_file": names.MIX_ROWS, "rows_digest": frame_digest(rows, MIX_ROW_COLUMNS)}
+    messages = [build_messages(p, r) for p, r in zip(rows["problem"].to_list(), rows["response"].to_list())]
     with open(out / "messages.jsonl", "w", encoding="utf-8") as f:
         for tid, msgs in zip(rows["trace_id"].to_list(), messages):
             f.write(json.dumps({"trace_id": tid, "messages": msgs}, ensure_ascii=False) + "\n")
@@ -174,8 +172,17 @@ def write_mix(rows: pl.DataFrame, manifest: dict, out: Path) -> dict:
     info = {name: {"file_name": f"{name}.json",
                    "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
     (lf / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / names.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
+
+
+def mix_metrics(manifest: dict) -> dict:
+    """The DVC metrics of a mix: rows, tokens and, per component, achieved share and count."""
+    achieved = manifest["achieved"]
+    return {"rows": manifest["n_rows"], "tokens": manifest["token_total"],
+            "share": {c: a["share"] for c, a in achieved.items()},
+            "token_share": {c: a["token_share"] for c, a in achieved.items()},
+            "count": {c: a["count"] for c, a in achieved.items()}}
 
 
 def verify_mix_dir(path: str | Path, curated_root: str | Path | None = None) -> dict:
@@ -184,11 +191,11 @@ def verify_mix_dir(path: str | Path, curated_root: str | Path | None = None) -> 
     Raises MixIntegrityError when the rows on disk no longer match the manifest, when a source's
     contract had failed, or (given ``curated_root``) when a curated source changed since mixing."""
     path = Path(path)
-    mf = path / "manifest.json"
+    mf = path / names.MANIFEST
     if not mf.exists():
         raise MixIntegrityError(f"{mf}: missing; run the mix stage")
     manifest = json.loads(mf.read_text(encoding="utf-8"))
-    rows_path = path / manifest.get("rows_file", "rows.parquet")
+    rows_path = path / manifest.get("rows_file", names.MIX_ROWS)
     if not rows_path.exists():
         raise MixIntegrityError(f"{rows_path}: missing rows for mix '{manifest.get('mix')}'")
     rows = pl.read_parquet(rows_path)
@@ -205,7 +212,7 @@ def verify_mix_dir(path: str | Path, curated_root: str | Path | None = None) -> 
         if not info.get("contract_success"):
             raise MixIntegrityError(f"mix '{manifest['mix']}': source '{name}' failed its contract")
         if curated_root is not None:
-            kept = Path(curated_root) / name / "kept.parquet"
+            kept = Path(curated_root) / name / names.KEPT
             if kept.exists() and file_digest(kept) != info.get("kept_digest"):
                 raise MixIntegrityError(f"{kept}: changed since mix '{manifest['mix']}' was built "
                                         "(re-run the mix stage)")

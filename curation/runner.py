@@ -9,6 +9,8 @@ from typing import Callable
 
 import polars as pl
 
+from common.prompt import chat_length
+
 # How close to the cutoff a sequence must be for its approximate length (prompt + response +
 # template overhead, tokenised separately) to be recomputed exactly with the chat template:
 # separate tokenisation can differ from the joint one by a token or two at the boundaries.
@@ -29,14 +31,6 @@ def count_tokens(texts: list[str], tokenizer, batch_size: int = 4096) -> list[in
         enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False)["input_ids"]
         out.extend(len(ids) for ids in enc)
     return out
-
-
-def chat_length(tokenizer, prompt: str, response: str) -> int:
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    ids = tokenizer.apply_chat_template(messages, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    return len(ids)
 
 
 def add_token_counts(frame: pl.DataFrame, tokenizer, build_prompt: Callable[[str], str],

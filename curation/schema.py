@@ -7,7 +7,6 @@ strings because their keys differ between sources (sampling params, HF revision,
 from __future__ import annotations
 
 import hashlib
-import json
 
 import polars as pl
 
@@ -31,7 +30,6 @@ TRACE_COLUMNS = list(TRACE_SCHEMA)
 REQUIRED_TEXT = ("problem_id", "problem", "reference_answer", "response", "teacher")
 STYLES = ("long", "short")
 TEACHER_SIZES = ("large", "small", "human")
-FINISH_REASONS = ("stop", "length", "unknown")
 
 
 def trace_id(problem: str, response: str, teacher: str) -> str:
@@ -44,34 +42,6 @@ def trace_id(problem: str, response: str, teacher: str) -> str:
     return h.hexdigest()[:20]
 
 
-def dumps(obj) -> str:
-    """Canonical JSON used for ``generation``/``origin`` and for digests."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-
-
-def empty_traces() -> pl.DataFrame:
-    return pl.DataFrame(schema=TRACE_SCHEMA)
-
-
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """Select and order the schema columns with their types (extra columns are dropped)."""
     return frame.select([pl.col(c).cast(t) for c, t in TRACE_SCHEMA.items()])
-
-
-def frame_digest(frame: pl.DataFrame, columns: list[str] | None = None) -> str:
-    """Order-sensitive digest of a frame's content (used in manifests and lineage)."""
-    cols = columns or frame.columns
-    h = hashlib.sha256()
-    h.update(dumps(cols).encode())
-    # NDJSON is a canonical, version-independent text form (polars' row hashes are not stable
-    # across releases).
-    h.update(frame.select(cols).write_ndjson().encode("utf-8"))
-    return h.hexdigest()[:20]
-
-
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

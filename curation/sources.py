@@ -15,14 +15,12 @@ from typing import Iterable
 
 import polars as pl
 
-from curation.io import JsonlError, iter_jsonl
-from curation.schema import conform, dumps, trace_id
+from common.io import JsonlError, iter_jsonl
+from common.digests import dumps
+from curation.errors import SourceError
+from curation.schema import conform, trace_id
 
 CHAMP_SUMMARY_PREFIX = "Now, summarize the answer above"
-
-
-class SourceError(ValueError):
-    """Malformed or unusable input; the message names file, row and field."""
 
 
 # --------------------------------------------------------------------------- problem ids / split
@@ -139,7 +137,7 @@ def champ_human_traces(source, exclude_problem_ids: set[str], raw: dict | None =
     The human steps state the result in prose; we append one line with the reference answer in
     \\boxed{} so the student learns the same answer format as from model teachers. This is recorded
     in each trace's ``generation`` (answer_appended) so it is never hidden."""
-    from evaluation.answers import reference_variants
+    from grading.answers import reference_variants
 
     raw = raw if raw is not None else load_champ_raw()
     origin = champ_origin()
@@ -295,6 +293,33 @@ def rows_to_traces(rows: list[dict], source, where: str, base_origin: dict,
     if not out:
         raise SourceError(f"{where}: no rows")
     return conform(pl.DataFrame(out, infer_schema_length=None))
+
+
+def load_problem_set(spec: dict) -> pl.DataFrame:
+    """The problem set of ``problems.set``: CHAMP, a hub dataset or a local file."""
+    kind = spec["kind"]
+    if kind == "champ":
+        return champ_problems()
+    cols = {"problem_id": "problem_id", "problem": "problem", "reference_answer": "answer",
+            **(spec.get("columns") or {})}
+    if kind == "hf":
+        rows, _ = load_hf_rows(spec["id"], spec.get("split", "train"), spec.get("revision"))
+        where = f"{spec['id']} ({spec.get('split', 'train')})"
+    else:
+        rows, where = read_table(spec["path"], spec.get("format"))
+    out, seen = [], {}
+    for i, r in enumerate(rows):
+        row_no = r.get("__line__", i + 1)
+        for need in ("problem", "reference_answer"):
+            if r.get(cols[need]) is None:
+                raise SourceError(f"{where}: row {row_no}: missing or null field '{cols[need]}'")
+        pid = str(r.get(cols["problem_id"]) or problem_key(r[cols["problem"]]))
+        if pid in seen:
+            raise SourceError(f"{where}: row {row_no}: field '{cols['problem_id']}' duplicates row {seen[pid]} ('{pid}')")
+        seen[pid] = row_no
+        out.append({"problem_id": pid, "problem": str(r[cols["problem"]]),
+                    "reference_answer": str(r[cols["reference_answer"]]), "category": None, "fws": "{}"})
+    return pl.DataFrame(out)
 
 
 def load_source(source, *, champ_settings: list[str], heldout: pl.DataFrame,

@@ -1,15 +1,15 @@
 """Teacher generation: a trace source that asks a teacher model instead of importing its answers.
 
 A ``kind: generate`` source renders each train problem with a prompt template, samples ``n``
-completions from a generation engine (``evaluation.engines``: transformers, vLLM, any
+completions from a generation engine (``generation.engines``: transformers, vLLM, any
 OpenAI-compatible endpoint), grades every sample with the curation :class:`Grader` and keeps up
 to ``k`` correct ones per problem (rejection sampling). The result is a trace set in the common
 schema, written by the ``traces@SOURCE`` stage and curated like any imported source.
 
-Crash safety. Samples go to ``<work_dir>/<source>/<config hash>/chunk-NNNNNN.jsonl``, one file
-per batch of problems, written to a temp file, fsync'd and renamed into place: a chunk is on disk
-whole or not at all. A rerun skips the problems found in chunks, so a kill at any point loses at
-most the chunk in flight and never duplicates one. The directory is keyed by a hash of all that
+Crash safety. Samples go through the shared store (:mod:`generation.store`):
+``<work_dir>/<source>/<config hash>/samples.jsonl``, one durable chunk of problems at a time, so
+a kill at any point loses at most the chunk in flight and a rerun generates only the problems
+whose samples are not all there. The directory is keyed by a hash of all that
 shapes a sample (engine, model revision, template, sampling, n, seed), so a changed config never
 mixes old samples in; what only shapes the selection (select, k, max_problems, chunk_size) is left
 out of the hash, so changing it reuses every sample already paid for.
@@ -21,12 +21,7 @@ that seed + sample index). So chunk boundaries, and therefore kills, do not chan
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import importlib.metadata
-import json
-import os
-import re
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,168 +29,30 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
-from curation.io import JsonlError, iter_jsonl, write_json
-from curation.schema import conform, dumps, trace_id
-from curation.sources import SourceError
-from evaluation.engines import Completion, EngineError, SamplingConfig, make_engine
+from common.io import write_json
+from common.digests import dumps
+from curation.schema import conform, trace_id
+from curation.templates import Template, resolve_template
+from curation.config import SAMPLING_KEYS, SELECT_MODES
+from curation.errors import SourceError
+from generation.engines import Completion, EngineError, SamplingConfig
+from generation.factory import make_engine
+from generation.spec import EXECUTION_ONLY_KEYS, engine_versions, public_spec, resolve_model
+from generation.store import SampleStore, SampleStoreError
 
-SELECT_MODES = ("shortest_correct", "first_correct", "all_correct", "all")
-SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
-FORMAT_VERSION = 1                      # bump when the chunk record layout changes
+FORMAT_VERSION = 2                      # bump when the sample record layout changes
 # Grading as curate.correctness does by default: a hard 5 s per pair (math-verify can hang).
 GRADE_TIMEOUT_S = 5.0
 GRADE_WORKERS = 2
-# Engine-spec keys that change how fast or where samples are made, not what they are: left out
-# of the config hash so that retuning them after a crash keeps the samples already made.
-EXECUTION_ONLY_KEYS = frozenset({
-    "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
-    "threads", "device", "data_parallel_size", "gpu_memory_utilization", "enable_prefix_caching",
-    "latency_s",
-})
-# Spec keys that may hold a credential (api_key, hf_token, Authorization, ...), matched as whole
-# "_"-separated words so that max_tokens or tokenizer stay; a key ending in _env names a variable.
-SECRET_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password|passwd|authorization|bearer|cookie|"
-                        r"credentials?)($|_)", re.I)
-LIBRARY = {"transformers": ("transformers", "transformers"), "vllm": ("vllm", "vllm"),
-           "openai": ("openai-compatible", "requests"), "fake": ("fake", "mixdistill")}
-
-
-# --------------------------------------------------------------------------- prompt templates
-
-@dataclass(frozen=True)
-class Template:
-    name: str
-    user: str                     # contains {problem}; substituted literally (LaTeX braces are safe)
-    system: str | None = None
-
-    def messages(self, problem: str) -> list[dict]:
-        user = {"role": "user", "content": self.user.replace("{problem}", problem)}
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [user]
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(dumps({"system": self.system, "user": self.user}).encode("utf-8")).hexdigest()
-
-
-# The paper's long CoT came from QwQ-32B-Preview and its short CoT from Qwen2.5-32B-Instruct; the
-# style comes mostly from the teacher, the prompts only ask for it. The system line is QwQ's own
-# ("think step-by-step"); both ask for \boxed{} so the Grader finds the answer.
-TEMPLATES = {
-    "long_cot": Template(
-        "long_cot",
-        "{problem}\n\nPlease reason step by step, exploring the problem thoroughly and checking your "
-        "work before concluding, and put your final answer within \\boxed{}.",
-        system="You are a helpful and harmless assistant. You should think step-by-step."),
-    "short_cot": Template(
-        "short_cot",
-        "{problem}\n\nSolve the problem with a concise step-by-step solution, and put your final "
-        "answer within \\boxed{}."),
-}
-
-
-def resolve_template(spec: str) -> Template:
-    """A named template, or custom text containing ``{problem}`` (named "custom"; its sha256 tells
-    custom texts apart)."""
-    if spec in TEMPLATES:
-        return TEMPLATES[spec]
-    if not isinstance(spec, str) or "{problem}" not in spec:
-        raise SourceError(f"template: {spec!r} must be one of {', '.join(TEMPLATES)} or a text with {{problem}}")
-    return Template("custom", spec)
-
-
 # --------------------------------------------------------------------------- seeds and secrets
 
 def derive_seed(seed: int, problem_id: str) -> int:
     """A problem's own seed: a function of (seed, problem_id) only, never of batch position. 31 bits
     because some servers reject larger seeds."""
     return int(hashlib.sha256(f"{seed}:{problem_id}".encode("utf-8")).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def public_spec(spec):
-    """An engine spec safe to record: credential-like keys dropped, URLs without userinfo or query."""
-    if isinstance(spec, dict):
-        return {k: public_spec(v) for k, v in spec.items()
-                if not (SECRET_KEY.search(str(k)) and not str(k).endswith("_env"))}
-    if isinstance(spec, list):
-        return [public_spec(v) for v in spec]
-    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
-        parts = urlsplit(spec)                     # keep scheme://host:port/path; no user:pass@, no ?key=
-        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-    return spec
-
-
-# --------------------------------------------------------------------------- model identity
-
-def dir_digest(path: Path, cache_file: Path | None = None) -> str:
-    """Content hash of a model directory (retraining the student changes it). Hashing a large
-    checkpoint takes minutes, so the digest is cached by each file's (name, size, mtime)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not files:
-        raise SourceError(f"{path}: engine.model directory holds no files")
-    stats = [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    key, cache = str(path.resolve()), {}
-    try:
-        cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file else {}
-    except (OSError, ValueError):
-        pass                           # no cache yet, or a damaged one: it only costs a re-hash
-    if cache.get(key, {}).get("files") == stats:
-        return cache[key]["digest"]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path)).encode("utf-8") + b"\x00")
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    digest = "sha256:" + h.hexdigest()[:20]
-    if cache_file is not None:
-        cache[key] = {"files": stats, "digest": digest}
-        write_json(cache_file, cache)
-    return digest
-
-
-def resolve_model(spec: dict, cache_file: Path | None = None) -> tuple[dict, str, str | None]:
-    """(spec for ``make_engine``, teacher model id, revision).
-
-    A local directory's revision is its content digest; a hub id is downloaded once with
-    ``huggingface_hub.snapshot_download`` (pinned by ``engine.revision`` if given) and its revision
-    is the commit that was fetched; an OpenAI-compatible endpoint is known by its model name only."""
-    spec = dict(spec)
-    kind = spec["kind"]
-    if kind == "openai":
-        return spec, str(spec.get("model")), None
-    if kind == "fake":
-        return spec, str(spec.get("model", "fake")), None
-    model = spec.get("model")
-    if not model:
-        raise SourceError("engine.model: name the teacher (a hub id or a local directory)")
-    revision = spec.pop("revision", None)
-    if Path(model).is_dir():
-        if revision:
-            raise SourceError(f"engine.revision: '{revision}' pins a hub id, but '{model}' is a local directory")
-        return spec, str(model), dir_digest(Path(model), cache_file)
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(str(model), revision=revision)
-    except Exception as exc:  # hub errors come in many types; all mean "cannot get this model"
-        raise SourceError(f"engine.model: '{model}' is not a local directory and could not be fetched "
-                          f"from the hub: {type(exc).__name__}: {exc}") from exc
-    spec["model"] = str(local)
-    return spec, str(model), Path(local).name   # snapshots/<commit>
-
-
-def engine_versions(kind: str) -> tuple[str, str]:
-    """(engine name, "library version") for provenance."""
-    name, library = LIBRARY.get(kind, (kind, "mixdistill"))
-    try:
-        return name, f"{library} {importlib.metadata.version(library)}"
-    except importlib.metadata.PackageNotFoundError:
-        return name, f"{library} (not installed)"
 
 
 # --------------------------------------------------------------------------- samples and chunks
@@ -228,87 +85,23 @@ def problem_sha(problem: str, reference: str) -> str:
     return hashlib.sha256(f"{problem}\x00{reference}".encode("utf-8")).hexdigest()[:16]
 
 
-class ChunkStore:
-    """Append-only chunk files in one work directory, guarded by an exclusive lock."""
+SAMPLE_TYPES = {"problem_id": str, "problem_sha": str, "sample_index": int, "response": str,
+                **{f: object for f in SAMPLE_FIELDS}}
 
-    def __init__(self, directory: Path, n: int):
-        self.dir, self.n = Path(directory), n
-        self._lock_fd: int | None = None
 
-    def __enter__(self) -> ChunkStore:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # flock is released by the kernel when the holder dies, even by SIGKILL.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SourceError(f"{self.dir}: another generation run holds this work directory; "
-                              "wait for it or stop it") from None
-        self._lock_fd = fd
-        for stale in self.dir.glob(".chunk-*"):   # temp files of a run killed mid-write
-            stale.unlink()
-        return self
+def open_store(plan: Plan) -> SampleStore:
+    """The source's sample store: ``samples.jsonl`` in the config-hash work dir, whose
+    ``config.json`` is the fingerprint (see :mod:`generation.store`)."""
+    return SampleStore(plan.work_dir / "samples.jsonl", {"config_hash": plan.config_hash, **plan.config},
+                       group_fields=("problem_id", "problem_sha"), index_field="sample_index",
+                       fields=SAMPLE_TYPES, meta_path=plan.work_dir / "config.json")
 
-    def __exit__(self, *exc) -> None:
-        os.close(self._lock_fd)
 
-    def chunk_files(self) -> list[Path]:
-        return sorted(self.dir.glob("chunk-*.jsonl"))
-
-    def load(self) -> dict[tuple[str, str], list[Sample]]:
-        """Samples by (problem_id, problem_sha); each problem complete (indexes 0..n-1) and unique."""
-        by_problem: dict[tuple[str, str], list[Sample]] = {}
-        seen_in: dict[tuple[str, str], str] = {}
-        for path in self.chunk_files():
-            grouped: dict[tuple[str, str], list[Sample]] = {}
-            # Chunks are renamed into place only once fsync'd whole, so a torn last line is damage,
-            # not an interrupted write: no torn-tail tolerance here.
-            try:
-                for lineno, rec in iter_jsonl(path):
-                    sample = self._parse(f"{path}: line {lineno}", rec)
-                    grouped.setdefault((sample.problem_id, sample.problem_sha), []).append(sample)
-            except JsonlError as exc:
-                advice = "" if exc.lineno is None else "; delete this chunk to regenerate it"
-                raise SourceError(f"{exc}{advice}") from exc
-            for key, samples in grouped.items():
-                if key in seen_in:
-                    raise SourceError(f"{path}: problem '{key[0]}' was already generated in {seen_in[key]} "
-                                      "(two runs wrote this directory?); delete one of the two chunks")
-                indexes = sorted(s.sample_index for s in samples)
-                if indexes != list(range(self.n)):
-                    raise SourceError(f"{path}: problem '{key[0]}' has sample indexes {indexes}, expected "
-                                      f"0..{self.n - 1}; delete this chunk to regenerate it")
-                seen_in[key] = path.name
-                by_problem[key] = sorted(samples, key=lambda s: s.sample_index)
-        return by_problem
-
-    @staticmethod
-    def _parse(where: str, rec: dict) -> Sample:
-        missing = sorted(SAMPLE_FIELDS - set(rec))
-        if missing:
-            raise SourceError(f"{where}: field '{missing[0]}' is missing; delete this chunk to regenerate it")
-        for name, kind in (("problem_id", str), ("sample_index", int), ("response", str)):
-            if not isinstance(rec[name], kind):
-                raise SourceError(f"{where}: field '{name}' has type {type(rec[name]).__name__}, expected {kind.__name__}")
-        return Sample(**{k: rec[k] for k in SAMPLE_FIELDS})
-
-    def append(self, samples: list[Sample]) -> Path:
-        numbers = [int(p.stem.split("-")[1]) for p in self.chunk_files()]
-        final = self.dir / f"chunk-{(max(numbers) + 1) if numbers else 0:06d}.jsonl"
-        tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(asdict(s), ensure_ascii=False, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())          # the data is on disk before the name says it is done
-        os.replace(tmp, final)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)              # and the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
-        return final
+def stored_samples(store: SampleStore, n: int) -> dict[tuple[str, str], list[Sample]]:
+    """Samples by (problem_id, problem_sha), for each problem that holds all ``n``."""
+    groups = {key[:2] for key in store.records}
+    return {g: [Sample(**{k: r[k] for k in SAMPLE_FIELDS}) for r in store.group(g, n)]
+            for g in sorted(groups) if store.has(g, n)}
 
 
 # --------------------------------------------------------------------------- rejection sampling
@@ -360,7 +153,7 @@ def plan_generation(source) -> Plan:
     root = Path(source.work_dir)
     try:
         engine_spec, model_id, revision = resolve_model(source.engine, root / "model_digests.json")
-    except SourceError as exc:
+    except EngineError as exc:
         raise SourceError(f"sources.{source.name}.{exc}") from exc
     name, version = engine_versions(source.engine["kind"])
     ignored = EXECUTION_ONLY_KEYS | {"model", "revision"} | ({"batch_size"} if sampling.greedy else set())
@@ -429,11 +222,11 @@ def _call_engine(engine, chunk: list[Problem], plan: Plan) -> tuple[list[list[Co
         return list(pool.map(one, range(len(chunk)))), seeds
 
 
-def _generate(engine, todo: list[Problem], store: ChunkStore, plan: Plan, chunk_size: int, total: int,
+def _generate(engine, todo: list[Problem], store: SampleStore, plan: Plan, chunk_size: int, total: int,
               label: str) -> dict[tuple[str, str], list[Sample]]:
     from tqdm import tqdm
 
-    from evaluation.grading import Grader
+    from grading.grader import Grader
 
     made: dict[tuple[str, str], list[Sample]] = {}
     accepted = 0
@@ -448,7 +241,7 @@ def _generate(engine, todo: list[Problem], store: ChunkStore, plan: Plan, chunk_
                 except EngineError as exc:
                     raise SourceError(f"{label}: generation failed on problems {chunk[0].problem_id}.."
                                       f"{chunk[-1].problem_id}: {exc}. Finished chunks are kept in "
-                                      f"{store.dir}; rerun to continue") from exc
+                                      f"{store.path}; rerun to continue") from exc
                 if len(outs) != len(chunk) or any(len(o) != plan.sampling.n for o in outs):
                     raise SourceError(f"{label}: engine returned {[len(o) for o in outs]} samples for "
                                       f"{len(chunk)} problems x n={plan.sampling.n}")
@@ -460,7 +253,7 @@ def _generate(engine, todo: list[Problem], store: ChunkStore, plan: Plan, chunk_
                 verdicts = grader.grade_many([s.response for s in samples], [refs[s.problem_id] for s in samples])
                 for s, v in zip(samples, verdicts):
                     s.extracted, s.correct, s.grade_method = v.extracted, v.correct, v.method
-                store.append(samples)
+                store.append([asdict(s) for s in samples])
                 for s in samples:
                     made.setdefault((s.problem_id, s.problem_sha), []).append(s)
                 accepted += sum(s.accepted for s in samples)
@@ -499,15 +292,21 @@ def generate_traces(source, problems: pl.DataFrame | None, *, exclude_problem_id
 
     ``engine`` overrides the configured one (tests); it is built only when samples are missing,
     so a finished run reselects without loading the model."""
-    where, label = f"sources.{source.name}", f"generate@{source.name}"
+    where = f"sources.{source.name}"
     rows = problem_rows(problems, set(exclude_problem_ids), source.max_problems, where)
     if not rows:
         raise SourceError(f"{where}: no train problems to generate for")
     plan = plan_generation(source)
-    with ChunkStore(plan.work_dir, plan.sampling.n) as store:
-        if not (plan.work_dir / "config.json").exists():
-            write_json(plan.work_dir / "config.json", {"config_hash": plan.config_hash, **plan.config})
-        done = store.load()
+    try:
+        return _generate_with_store(source, plan, rows, engine, log)
+    except SampleStoreError as exc:
+        raise SourceError(f"{where}: {exc}") from exc
+
+
+def _generate_with_store(source, plan: Plan, rows: list[Problem], engine, log) -> pl.DataFrame:
+    where, label = f"sources.{source.name}", f"generate@{source.name}"
+    with open_store(plan) as store:
+        done = stored_samples(store, plan.sampling.n)
         todo = [p for p in rows if p.key not in done]
         if todo:
             try:

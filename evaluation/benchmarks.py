@@ -21,7 +21,9 @@ from typing import Callable, Iterable
 
 import polars as pl
 
-from curation.io import JsonlError, iter_jsonl
+from common.errors import MixdistillError
+from common.io import JsonlError, iter_jsonl
+from grading.extract import last_boxed
 
 BENCHMARK_COLUMNS = ("problem_id", "problem", "reference_answer", "benchmark")
 
@@ -36,7 +38,7 @@ HUB_DEFAULTS: dict[str, tuple[str, str | None, str]] = {
 }
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(MixdistillError, ValueError):
     """A benchmark spec or row is unusable; the message names the file/dataset, row and field."""
 
 
@@ -50,21 +52,6 @@ def _field(row: dict, name: str, where: str, types=(str,)):
     if isinstance(value, str) and not value.strip():
         raise BenchmarkError(f"{where}: field '{name}' is empty")
     return value
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}``, braces balanced (MATH solutions nest them)."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, begin = 1, i
-    while i < len(text):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[begin:i].strip()
-        i += 1
-    return None
 
 
 def _number(value, where: str, name: str) -> str:

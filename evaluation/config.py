@@ -1,29 +1,14 @@
-"""Typed views of the ``eval:`` and ``report:`` sections of params.yaml.
-
-Errors name the key and say what was expected, like the other sections' parsers.
+"""Typed params of the evaluation package: ``eval:`` and ``report:``. Built by the params root
+(``pipelines/params.py``) with :func:`common.params.build`; errors name the key path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from evaluation.engines import ENGINE_KINDS, SamplingConfig
+from common.params import ParamsError, build, section
+from generation.engines import ENGINE_KINDS, SamplingConfig
 
 BENCHMARK_KINDS = ("champ_heldout", "hf", "file")
-
-
-class EvalParamsError(ValueError):
-    """An ``eval:`` / ``report:`` value is missing or wrong."""
-
-
-def _build(cls, data: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise EvalParamsError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise EvalParamsError(f"{where}: {exc}") from exc
 
 
 @dataclass
@@ -47,24 +32,24 @@ class EvalParams:
 
     def __post_init__(self):
         if not self.benchmarks:
-            raise EvalParamsError("eval.benchmarks: at least one benchmark is needed")
+            raise ParamsError("eval.benchmarks: at least one benchmark is needed")
         for name, spec in self.benchmarks.items():
             if not isinstance(spec, dict) or spec.get("kind") not in BENCHMARK_KINDS:
-                raise EvalParamsError(f"eval.benchmarks.{name}.kind: must be one of {', '.join(BENCHMARK_KINDS)}")
+                raise ParamsError(f"eval.benchmarks.{name}.kind: must be one of {', '.join(BENCHMARK_KINDS)}")
         if self.max_problems is not None and (not isinstance(self.max_problems, int) or self.max_problems <= 0):
-            raise EvalParamsError(f"eval.max_problems: {self.max_problems!r} must be a positive integer or null")
+            raise ParamsError(f"eval.max_problems: {self.max_problems!r} must be a positive integer or null")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise EvalParamsError(f"eval.batch_size: {self.batch_size!r} must be a positive integer")
+            raise ParamsError(f"eval.batch_size: {self.batch_size!r} must be a positive integer")
         if not all(isinstance(k, int) and k >= 1 for k in self.ks):
-            raise EvalParamsError(f"eval.ks: {self.ks!r} must be positive integers")
+            raise ParamsError(f"eval.ks: {self.ks!r} must be positive integers")
         too_big = [k for k in self.ks if k > self.sampling.n]
         if too_big:
-            raise EvalParamsError(f"eval.ks: {too_big} exceed eval.sampling.n = {self.sampling.n}")
+            raise ParamsError(f"eval.ks: {too_big} exceed eval.sampling.n = {self.sampling.n}")
         if self.engine.get("kind") not in ENGINE_KINDS:
-            raise EvalParamsError(f"eval.engine.kind: '{self.engine.get('kind')}' must be one of "
+            raise ParamsError(f"eval.engine.kind: '{self.engine.get('kind')}' must be one of "
                                   f"{', '.join(ENGINE_KINDS)}")
         if self.judge is not None and self.judge.get("kind") not in ENGINE_KINDS:
-            raise EvalParamsError(f"eval.judge.kind: '{self.judge.get('kind')}' must be one of "
+            raise ParamsError(f"eval.judge.kind: '{self.judge.get('kind')}' must be one of "
                                   f"{', '.join(ENGINE_KINDS)} (or judge: null for rule-only grading)")
 
 
@@ -82,19 +67,8 @@ class ReportParams:
 
 
 def parse_eval(params: dict) -> EvalParams:
-    raw = params.get("eval")
-    if not isinstance(raw, dict):
-        raise EvalParamsError("params: section 'eval' is missing or not a mapping")
-    raw = dict(raw)
-    if "sampling" in raw:
-        raw["sampling"] = _build(SamplingConfig, raw["sampling"] or {}, "eval.sampling")
-    if "grading" in raw:
-        raw["grading"] = _build(GradingParams, raw["grading"] or {}, "eval.grading")
-    return _build(EvalParams, raw, "eval")
+    return build(EvalParams, section(params, "eval"), "eval")
 
 
 def parse_report(params: dict) -> ReportParams:
-    raw = params.get("report") or {}
-    if not isinstance(raw, dict):
-        raise EvalParamsError("params: section 'report' is not a mapping")
-    return _build(ReportParams, raw, "report")
+    return build(ReportParams, section(params, "report", required=False), "report")

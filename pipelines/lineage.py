@@ -8,25 +8,17 @@ drift (changed data, missing files, a manifest that no longer matches its rows) 
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import polars as pl
 
+from common import layout as names
+from common.digests import file_digest
 from curation.mixing import MixIntegrityError, verify_mix_dir
-from curation.schema import file_digest
-from pipelines.params import load_params, parse_paths
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from pipelines import stage, tracking
+from pipelines.params import load_params
 
 
 def _dvc_lock() -> dict:
@@ -43,36 +35,26 @@ def _lock_out(lock: dict, stage: str, path: str) -> str | None:
     return None
 
 
-def _mlflow_run(params: dict, run_id: str) -> dict | None:
+def _mlflow_run(params, run_id: str) -> dict | None:
     try:
-        from pipelines import tracking
-
-        mlflow = tracking.configure(params)
-        run = mlflow.MlflowClient().get_run(run_id)
+        return tracking.get_run(params, run_id)
     except Exception as exc:  # no store, unknown id: reported as a problem, not a crash
         return {"error": f"MLflow run {run_id}: {exc}"}
-    return {"run_id": run_id, "name": run.info.run_name, "status": run.info.status,
-            "experiment_id": run.info.experiment_id, "params": dict(run.data.params),
-            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
-            "metrics": dict(run.data.metrics)}
 
 
-def _logged_lineage(params: dict, run_id: str) -> dict | None:
+def _logged_lineage(params, run_id: str) -> dict | None:
     """The lineage.json artifact the train stage logged to the run, or None if it cannot be read."""
     try:
-        from pipelines import tracking
-
-        mlflow = tracking.configure(params)
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
+        return tracking.load_run_dict(params, run_id, names.LINEAGE)
     except Exception:
         return None
 
 
-def resolve_checkpoint(target: str, params: dict, paths) -> tuple[Path | None, str | None]:
+def resolve_checkpoint(target: str, params, paths) -> tuple[Path | None, str | None]:
     """A checkpoint directory, or an MLflow run id whose run names its checkpoint."""
     p = Path(target)
     if p.is_dir():
-        rid = p / "mlflow_run_id.txt"
+        rid = p / names.RUN_ID
         return p, rid.read_text().strip() if rid.exists() else None
     run = _mlflow_run(params, target)
     if run is None or "error" in run:
@@ -84,8 +66,8 @@ def resolve_checkpoint(target: str, params: dict, paths) -> tuple[Path | None, s
     return (Path(ckpt) if ckpt else None), target
 
 
-def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
-    paths = parse_paths(params)
+def build_lineage(target: str, params, trace: str | None = None) -> dict:
+    paths = params.paths
     problems: list[str] = []
     ckpt, run_id = resolve_checkpoint(target, params, paths)
     out: dict = {"target": target, "checkpoint": {"path": str(ckpt) if ckpt else None}}
@@ -93,7 +75,7 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
         problems.append(f"checkpoint for '{target}' not found on disk")
         out["problems"] = problems
         return out
-    lin_path = ckpt / "lineage.json"
+    lin_path = ckpt / names.LINEAGE
     recorded = json.loads(lin_path.read_text()) if lin_path.exists() else {}
     if not recorded:
         problems.append(f"{lin_path}: missing (checkpoint not written by the train stage)")
@@ -131,7 +113,7 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
         manifest = verify_mix_dir(mix_dir, paths.curated)
     except MixIntegrityError as exc:
         problems.append(str(exc))
-        mf = mix_dir / "manifest.json"
+        mf = mix_dir / names.MANIFEST
         manifest = json.loads(mf.read_text()) if mf.exists() else None
     if manifest:
         if recorded.get("rows_digest") and manifest.get("rows_digest") != recorded["rows_digest"]:
@@ -144,11 +126,11 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
     sources = {}
     for name, info in (manifest or {}).get("sources", {}).items():
         cdir = Path(paths.curated) / name
-        rep_path = cdir / "report.json"
+        rep_path = cdir / names.CURATE_REPORT
         rep = json.loads(rep_path.read_text()) if rep_path.exists() else {}
         if not rep:
             problems.append(f"{rep_path}: missing")
-        kept = cdir / "kept.parquet"
+        kept = cdir / names.KEPT
         src = {"curated": {"path": str(cdir), "kept_digest": info.get("kept_digest"),
                            "kept_digest_on_disk": file_digest(kept) if kept.exists() else None,
                            "contract": rep.get("contract", {}).get("success"),
@@ -157,7 +139,7 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
         raw = Path(paths.traces) / f"{name}.parquet"
         raw_src = {"path": str(raw), "dvc_md5": _lock_out(lock, f"traces@{name}", str(raw))}
         if raw.exists():
-            raw_src["md5_on_disk"] = _md5(raw)
+            raw_src["md5_on_disk"] = file_digest(raw, "md5")
             if raw_src["dvc_md5"] and raw_src["dvc_md5"] != raw_src["md5_on_disk"]:
                 problems.append(f"{raw}: raw traces changed since the last `dvc repro` (dvc.lock md5 differs)")
             first = pl.read_parquet(raw, columns=["origin", "teacher", "generation"]).head(1)
@@ -176,15 +158,15 @@ def build_lineage(target: str, params: dict, trace: str | None = None) -> dict:
 
 def trace_history(tid: str, mix_dir: Path, paths, problems: list[str]) -> dict:
     """One training row's full history: its mix row, the checks it passed, its raw origin."""
-    rows = mix_dir / "rows.parquet"
+    rows = mix_dir / names.MIX_ROWS
     hit = pl.read_parquet(rows).filter(pl.col("trace_id") == tid) if rows.exists() else pl.DataFrame()
     if hit.height == 0:
         problems.append(f"trace {tid}: not in mix {mix_dir.name}")
         return {"trace_id": tid, "found": False}
     row = hit.row(0, named=True)
     src = row["source"]
-    kept = pl.read_parquet(Path(paths.curated) / src / "kept.parquet").filter(pl.col("trace_id") == tid)
-    rep = json.loads((Path(paths.curated) / src / "report.json").read_text())
+    kept = pl.read_parquet(Path(paths.curated) / src / names.KEPT).filter(pl.col("trace_id") == tid)
+    rep = json.loads((Path(paths.curated) / src / names.CURATE_REPORT).read_text())
     # The curate report's timings name every check that ran on this source; a kept trace passed all.
     checks = {"checks_passed": sorted(rep.get("timings_s", {}))}
     if kept.height:
@@ -238,16 +220,18 @@ def render(lin: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="mixdistill lineage", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = stage.parser(__doc__, prog="mixdistill lineage", mlflow=False)
     ap.add_argument("target", help="checkpoint directory or MLflow run id")
     ap.add_argument("--trace", help="show one training row's full history")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
-    ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
-    lin = build_lineage(args.target, load_params(args.params), trace=args.trace)
-    print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
-    return 1 if lin["problems"] else 0
+
+    def body():
+        lin = build_lineage(args.target, load_params(args.params), trace=args.trace)
+        print(json.dumps(lin, indent=2, default=str) if args.json else render(lin))
+        return 1 if lin["problems"] else 0
+
+    return stage.run("lineage", body)
 
 
 if __name__ == "__main__":

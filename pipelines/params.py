@@ -1,366 +1,120 @@
-"""Typed, validated views of params.yaml: one dataclass per section.
+"""The params root: params.yaml loaded once per stage, the preset applied, every section typed
+and the rules that span sections checked.
 
-Errors name the section and key and say what was expected, e.g.
-``mix 'mix_long': shares sum to 1.2, expected 1.0``.
+Each section's dataclass lives next to the package that reads it (``common.layout.Paths``,
+``curation.config``, ``training.config``, ``evaluation.config``); this module only assembles them.
+A preset is one overlay: ``preset: paper`` deep-merges ``presets.paper.<section>`` over each named
+section before anything is parsed, so every stage sees the same effective values:
+
+    dvc exp run -S preset=paper
+
+Errors are :class:`common.params.ParamsError` and name the key path.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
+from common.layout import Layout, Paths
+from common.params import ParamsError, build, deep_merge, load_yaml, section
+from curation.config import (CurateParams, MixSection, ProblemsParams, SourceParams, parse_curate, parse_groups,
+                             parse_mix, parse_problems, parse_sources)
+from evaluation.config import EvalParams, ReportParams, parse_eval, parse_report
+from training.config import NOT_PRESETTABLE, StudentParams, TrainParams, parse_student, parse_train
 
-from curation.schema import STYLES, TEACHER_SIZES
+__all__ = ["Params", "ParamsError", "apply_preset", "load_params", "parse_params"]
 
-SOURCE_KINDS = ("champ", "champ_human", "hf", "file", "generate")
-BENCHMARK_KINDS = ("champ_heldout", "hf", "file")
-
-
-class ParamsError(ValueError):
-    """A params.yaml value is missing or wrong; the message says which and why."""
-
-
-def load_params(path: str | Path = "params.yaml") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: not found (run from the project root or pass --params)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping at top level")
-    return data
-
-
-def _section(params: dict, name: str) -> dict:
-    if name not in params or not isinstance(params[name], dict):
-        raise ParamsError(f"params: section '{name}' is missing or not a mapping")
-    return params[name]
-
-
-def _build(cls, data: dict, where: str):
-    """Instantiate a dataclass from a mapping, refusing unknown keys (typos should not be silent)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ParamsError(f"{where}: {exc}") from exc
+# Sections a preset may overlay (what to train and where files live are never a preset's to change).
+PRESETTABLE = ("problems", "student", "curate", "mix", "train", "eval", "report")
 
 
 @dataclass
-class Paths:
-    problems: str
-    traces: str
-    curated: str
-    mixes: str
-    student: str
-    checkpoints: str
-    eval: str
-    reports: str
+class TrackingParams:
+    experiment: str = "mixdistill"
+    uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI in the environment wins
 
 
 @dataclass
-class ProblemsParams:
-    set: dict
-    test_fraction: float = 0.2
-    seed: int = 13
+class Params:
+    """Every section of one project's params, typed, with the preset applied."""
+    raw: dict                          # the effective mapping (preset applied)
+    preset: str
+    paths: Paths
+    problems: ProblemsParams
+    student: StudentParams
+    sources: dict[str, SourceParams]
+    champ_settings: list[str]
+    curate: CurateParams
+    groups: dict[str, list[str]]
+    mix: MixSection
+    train: TrainParams
+    eval: EvalParams
+    report: ReportParams
+    tracking: TrackingParams
 
-    def __post_init__(self):
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ParamsError(f"problems.test_fraction: {self.test_fraction} must be in (0, 1)")
-        kind = self.set.get("kind")
-        if kind not in ("champ", "hf", "file"):
-            raise ParamsError(f"problems.set.kind: '{kind}' must be one of champ, hf, file")
-
-
-@dataclass
-class StudentParams:
-    model: str
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: str = "float32"
-
-
-@dataclass
-class SourceParams:
-    name: str
-    kind: str
-    style: str
-    teacher_size: str
-    model: str | None = None           # champ: which CHAMP model
-    teacher: str | None = None         # hf/file: teacher name recorded on each trace
-    id: str | None = None              # hf dataset id
-    revision: str | None = None
-    split: str = "train"
-    path: str | None = None            # file source
-    format: str | None = None          # jsonl | json | parquet (default: from the suffix)
-    columns: dict = field(default_factory=dict)  # schema column -> input column
-    limit: int | None = None
-    # kind: generate (curation/teacher.py): a teacher engine answers the train problems
-    engine: dict | None = None         # make_engine spec: {kind: transformers|vllm|openai, model: ...}
-    template: str = "long_cot"         # long_cot | short_cot | custom text containing {problem}
-    sampling: dict = field(default_factory=dict)  # temperature, top_p, max_tokens, seed
-    n: int = 1                         # samples per problem
-    problem_split: str = "train"       # only train: the test split is held out for evaluation
-    select: str = "shortest_correct"   # shortest_correct | first_correct | all_correct | all
-    k: int | None = None               # kept per problem by shortest/first_correct (default 1)
-    max_problems: int | None = None    # first N train problems (null: all)
-    chunk_size: int = 16               # problems per crash-safe chunk file
-    work_dir: str = "data/generation"  # resumable samples, outside DVC outputs
-
-    def __post_init__(self):
-        where = f"sources.{self.name}"
-        if self.kind not in SOURCE_KINDS:
-            raise ParamsError(f"{where}.kind: '{self.kind}' must be one of {', '.join(SOURCE_KINDS)}")
-        if self.style not in STYLES:
-            raise ParamsError(f"{where}.style: '{self.style}' must be one of {', '.join(STYLES)}")
-        if self.teacher_size not in TEACHER_SIZES:
-            raise ParamsError(
-                f"{where}.teacher_size: '{self.teacher_size}' must be one of {', '.join(TEACHER_SIZES)}")
-        if self.kind == "champ" and not self.model:
-            raise ParamsError(f"{where}.model: a champ source needs the CHAMP model name (e.g. 'GPT-4')")
-        if self.kind == "hf" and not self.id:
-            raise ParamsError(f"{where}.id: an hf source needs a dataset id")
-        if self.kind == "file" and not self.path:
-            raise ParamsError(f"{where}.path: a file source needs a path")
-        if self.kind in ("hf", "file"):
-            for needed in ("problem", "response"):
-                if needed not in self.columns:
-                    raise ParamsError(
-                        f"{where}.columns: map '{needed}' to an input column (e.g. {{{needed}: ...}})")
-        if self.kind == "generate":
-            self._check_generate(where)
-
-    def _check_generate(self, where: str) -> None:
-        from curation.teacher import SAMPLING_KEYS, SELECT_MODES, TEMPLATES
-        from evaluation.engines import ENGINE_KINDS, SamplingConfig
-
-        kind = self.engine.get("kind") if isinstance(self.engine, dict) else None
-        if kind not in ENGINE_KINDS:
-            raise ParamsError(f"{where}.engine: a generate source needs an engine mapping with kind one of "
-                              f"{', '.join(ENGINE_KINDS)} (e.g. {{kind: transformers, model: models/student}})")
-        if kind in ("transformers", "vllm", "openai") and not self.engine.get("model"):
-            raise ParamsError(f"{where}.engine.model: name the teacher (hub id or local directory; for "
-                              "openai the served model name)")
-        if kind == "openai" and not self.engine.get("base_url"):
-            raise ParamsError(f"{where}.engine.base_url: an openai engine needs the endpoint (http://host:8000/v1)")
-        if not isinstance(self.template, str) or (self.template not in TEMPLATES and "{problem}" not in self.template):
-            raise ParamsError(f"{where}.template: {self.template!r} must be one of {', '.join(TEMPLATES)} "
-                              "or a custom text containing {problem}")
-        if not isinstance(self.sampling, dict):
-            raise ParamsError(f"{where}.sampling: expected a mapping of {', '.join(SAMPLING_KEYS)}")
-        if "n" in self.sampling:
-            raise ParamsError(f"{where}.sampling.n: set samples per problem with {where}.n")
-        unknown = sorted(set(self.sampling) - set(SAMPLING_KEYS))
-        if unknown:
-            raise ParamsError(f"{where}.sampling: unknown key(s) {unknown}; expected some of {list(SAMPLING_KEYS)}")
-        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
-            raise ParamsError(f"{where}.n: {self.n!r} must be a positive integer")
-        if self.n > 1 and self.sampling.get("temperature", 0.0) == 0:
-            raise ParamsError(f"{where}.n: {self.n} samples per problem need sampling.temperature > 0 "
-                              f"(greedy decoding gives {self.n} identical samples)")
-        try:
-            SamplingConfig(**self.sampling, n=self.n)
-        except (TypeError, ValueError) as exc:
-            raise ParamsError(f"{where}.{exc}") from exc
-        if self.problem_split != "train":
-            raise ParamsError(f"{where}.problem_split: '{self.problem_split}' must be train "
-                              "(the test split is held out for evaluation)")
-        if self.select not in SELECT_MODES:
-            raise ParamsError(f"{where}.select: '{self.select}' must be one of {', '.join(SELECT_MODES)}")
-        if self.k is not None:
-            if self.select not in ("shortest_correct", "first_correct"):
-                raise ParamsError(f"{where}.k: applies to shortest_correct and first_correct only "
-                                  f"({self.select} keeps every such sample)")
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.n:
-                raise ParamsError(f"{where}.k: {self.k!r} must be an integer from 1 to n = {self.n}")
-        for key in ("max_problems", "chunk_size"):
-            value = getattr(self, key)
-            if (value is not None or key == "chunk_size") and (
-                    not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ParamsError(f"{where}.{key}: {value!r} must be a positive integer")
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.paths)
 
 
-@dataclass
-class CorrectnessParams:
-    enabled: bool = True
-    timeout_s: float = 5.0
-    workers: int = 2
-
-
-@dataclass
-class QualityParams:
-    max_ngram_repeat_fraction: float = 0.3
-    min_distinct_token_fraction: float = 0.1
-    min_english_fraction: float = 0.6
-
-
-@dataclass
-class DedupParams:
-    near_threshold: float = 0.85
-    num_perm: int = 128
-    shingle: int = 5
-
-
-@dataclass
-class DecontamParams:
-    ngram: int = 13
-    benchmarks: list = field(default_factory=list)
-
-
-@dataclass
-class ContractParams:
-    min_kept_fraction: float = 0.05
-    max_reason_share: float = 0.95
-
-
-@dataclass
-class CurateParams:
-    min_tokens: int
-    max_tokens: int
-    cutoff_len: int
-    over_cutoff: str = "reject"
-    correctness: CorrectnessParams = field(default_factory=CorrectnessParams)
-    quality: QualityParams = field(default_factory=QualityParams)
-    dedup: DedupParams = field(default_factory=DedupParams)
-    decontam: DecontamParams = field(default_factory=DecontamParams)
-    contract: ContractParams = field(default_factory=ContractParams)
-
-    def __post_init__(self):
-        if self.over_cutoff not in ("reject", "flag"):
-            raise ParamsError(f"curate.over_cutoff: '{self.over_cutoff}' must be reject or flag")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ParamsError(
-                f"curate: min_tokens {self.min_tokens} must be <= max_tokens {self.max_tokens}")
-        if self.cutoff_len <= 0:
-            raise ParamsError(f"curate.cutoff_len: {self.cutoff_len} must be positive")
-        if not 0.0 < self.dedup.near_threshold <= 1.0:
-            raise ParamsError(f"curate.dedup.near_threshold: {self.dedup.near_threshold} must be in (0, 1]")
-
-
-@dataclass
-class MixParams:
-    name: str
-    components: dict[str, float]       # source or group name -> share of the final mix
-    size: int | None = None            # examples in the mix
-    token_budget: int | None = None    # or: student tokens in the mix
-    oversample: bool = False
-
-
-@dataclass
-class MixSection:
-    seed: int
-    mixes: dict[str, MixParams]
-
-
-def parse_paths(params: dict) -> Paths:
-    return _build(Paths, _section(params, "paths"), "paths")
-
-
-def parse_problems(params: dict) -> ProblemsParams:
-    return _build(ProblemsParams, _section(params, "problems"), "problems")
-
-
-def parse_student(params: dict) -> StudentParams:
-    return _build(StudentParams, _section(params, "student"), "student")
-
-
-def parse_sources(params: dict) -> dict[str, SourceParams]:
-    raw = _section(params, "sources")
-    if not raw:
-        raise ParamsError("sources: at least one source is needed")
-    out = {}
-    for name, spec in raw.items():
-        if not isinstance(spec, dict):
-            raise ParamsError(f"sources.{name}: expected a mapping")
-        out[name] = _build(SourceParams, {"name": name, **spec}, f"sources.{name}")
+def apply_preset(raw: dict) -> dict:
+    """``raw`` with ``presets.<preset>`` deep-merged over the sections it names."""
+    name = raw.get("preset", "default")
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise ParamsError("presets: expected a mapping of preset name -> section overrides")
+    if name == "default":
+        return raw
+    if name not in presets:
+        raise ParamsError(f"preset: '{name}' is not defined under presets (known: default, "
+                          f"{', '.join(sorted(presets))})")
+    overlay = presets[name]
+    if not isinstance(overlay, dict):
+        raise ParamsError(f"presets.{name}: expected a mapping of section -> overrides")
+    out = dict(raw)
+    for sec, values in overlay.items():
+        if sec not in PRESETTABLE:
+            raise ParamsError(f"presets.{name}.{sec}: a preset may set only {', '.join(PRESETTABLE)}")
+        if not isinstance(values, dict):
+            raise ParamsError(f"presets.{name}.{sec}: expected a mapping of {sec}: keys")
+        fixed = sorted(set(values) & set(NOT_PRESETTABLE)) if sec == "train" else []
+        if fixed:
+            raise ParamsError(f"presets.{name}.train: {fixed} cannot be set by a preset (they choose what "
+                              "to train, not how); set them under train:")
+        out[sec] = deep_merge(section(raw, sec, required=False), values)
     return out
 
 
-def parse_curate(params: dict) -> CurateParams:
-    raw = dict(_section(params, "curate"))
-    sub = {"correctness": CorrectnessParams, "quality": QualityParams, "dedup": DedupParams,
-           "decontam": DecontamParams, "contract": ContractParams}
-    for key, cls in sub.items():
-        raw[key] = _build(cls, raw.get(key) or {}, f"curate.{key}")
-    cur = _build(CurateParams, raw, "curate")
-    benches = (params.get("eval") or {}).get("benchmarks") or {}
-    for b in cur.decontam.benchmarks:
-        if b not in benches:
-            raise ParamsError(f"curate.decontam.benchmarks: '{b}' is not a benchmark under eval.benchmarks "
-                              f"(known: {sorted(benches)})")
-    return cur
+def parse_params(raw: dict) -> Params:
+    """Type and cross-check a params mapping (as read from params.yaml)."""
+    preset = raw.get("preset", "default")
+    if not isinstance(preset, str):
+        raise ParamsError(f"preset: {preset!r} must be a preset name")
+    eff = apply_preset(raw)
+    sources = parse_sources(eff)
+    groups = parse_groups(eff, sources)
+    mix = parse_mix(eff, sources, groups)
+    evaluation = parse_eval(eff)
+    champ = section(eff, "champ", required=False)
+    settings = champ.get("settings") or []
+    if not isinstance(settings, list) or not all(isinstance(x, str) for x in settings):
+        raise ParamsError("champ.settings: expected a list of CHAMP prompt setting names")
+    return Params(
+        raw=eff, preset=preset, paths=build(Paths, section(eff, "paths"), "paths"),
+        problems=parse_problems(eff), student=parse_student(eff), sources=sources, champ_settings=settings,
+        curate=parse_curate(eff, evaluation.benchmarks), groups=groups, mix=mix,
+        train=parse_train(eff, list(mix.mixes)), eval=evaluation, report=_report(eff, mix),
+        tracking=build(TrackingParams, section(eff, "tracking", required=False), "tracking"))
 
 
-def parse_groups(params: dict, sources: dict[str, SourceParams] | None = None) -> dict[str, list[str]]:
-    sources = sources if sources is not None else parse_sources(params)
-    groups = params.get("groups") or {}
-    for name, members in groups.items():
-        if name in sources:
-            raise ParamsError(f"groups.{name}: a group may not share its name with a source")
-        if not isinstance(members, list) or not members:
-            raise ParamsError(f"groups.{name}: expected a non-empty list of source names")
-        for m in members:
-            if m not in sources:
-                raise ParamsError(f"groups.{name}: unknown source '{m}' (known: {sorted(sources)})")
-    return groups
+def _report(eff: dict, mix: MixSection) -> ReportParams:
+    report = parse_report(eff)
+    for role in ("long", "short", "large", "small", "mix_long", "mix_large"):
+        name = getattr(report, role)
+        if name not in mix.mixes:
+            raise ParamsError(f"report.{role}: '{name}' is not a mix under mix.mixes (known: {sorted(mix.mixes)})")
+    return report
 
 
-def parse_mix(params: dict) -> MixSection:
-    raw = _section(params, "mix")
-    sources = parse_sources(params)
-    groups = parse_groups(params, sources)
-    mixes = {}
-    for name, spec in (raw.get("mixes") or {}).items():
-        if not isinstance(spec, dict):
-            raise ParamsError(f"mix '{name}': expected a mapping")
-        m = _build(MixParams, {"name": name, **spec}, f"mix '{name}'")
-        if not m.components:
-            raise ParamsError(f"mix '{name}': no components")
-        for comp, share in m.components.items():
-            if comp not in sources and comp not in groups:
-                raise ParamsError(f"mix '{name}': unknown source or group '{comp}' "
-                                  f"(sources: {sorted(sources)}; groups: {sorted(groups)})")
-            if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
-                raise ParamsError(f"mix '{name}': share of '{comp}' is {share!r}, expected a number > 0")
-        total = sum(m.components.values())
-        if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ParamsError(f"mix '{name}': shares sum to {total:g}, expected 1.0")
-        if (m.size is None) == (m.token_budget is None):
-            raise ParamsError(f"mix '{name}': set exactly one of size (examples) or token_budget (tokens)")
-        if m.size is not None and (not isinstance(m.size, int) or m.size <= 0):
-            raise ParamsError(f"mix '{name}': size {m.size!r} must be a positive integer")
-        if m.token_budget is not None and (not isinstance(m.token_budget, int) or m.token_budget <= 0):
-            raise ParamsError(f"mix '{name}': token_budget {m.token_budget!r} must be a positive integer")
-        mixes[name] = m
-    if not mixes:
-        raise ParamsError("mix.mixes: at least one mix is needed")
-    return MixSection(seed=int(raw.get("seed", 0)), mixes=mixes)
-
-
-def parse_benchmarks(params: dict) -> dict[str, dict]:
-    benches = (_section(params, "eval").get("benchmarks")) or {}
-    for name, spec in benches.items():
-        if not isinstance(spec, dict) or spec.get("kind") not in BENCHMARK_KINDS:
-            raise ParamsError(f"eval.benchmarks.{name}.kind: must be one of {', '.join(BENCHMARK_KINDS)}")
-    return benches
-
-
-def members(component: str, groups: dict[str, list[str]]) -> list[str]:
-    """Sources behind a mix component (a group name or a single source name)."""
-    return list(groups.get(component, [component]))
-
-
-def get(params: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(load_yaml(path))

@@ -1,187 +1,28 @@
 """Stage `report`: every evaluated model on every benchmark, ΔLong / ΔLarge, mix gains, plots.
 
-    ΔLong  = P(long)  - P(short)     (same teacher size, long vs short chain of thought)
-    ΔLarge = P(large) - P(small)     (same CoT style, large vs small teacher)
-
-and each mix against its parts (mix_long vs long and short; mix_large vs large and small). Which
-mix plays which role is the ``report:`` section of params.yaml. Reads ``<eval>/<model>/scores.json``
-and ``graded.jsonl``; writes ``<reports>/summary.md``, ``metrics.json``, ``plots/accuracy.json``
+The work is :func:`evaluation.report.build_report`; which mix plays which role is the ``report:``
+section of params.yaml. Writes ``<reports>/summary.md``, ``metrics.json``, ``plots/accuracy.json``
 (for ``dvc plots``), ``accuracy.png`` and ``response_lengths.png``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
-from curation.io import atomic_file, write_json
-from evaluation.config import EvalParamsError, ReportParams, parse_report
-from pipelines.params import ParamsError, load_params, parse_paths
-
-
-def collect(eval_dir: Path, models: list[str]) -> tuple[dict, dict, list[str]]:
-    """scores[model][benchmark] and response token counts per model, for the models evaluated."""
-    scores, lengths, missing = {}, {}, []
-    for m in models:
-        path = eval_dir / m / "scores.json"
-        if not path.exists():
-            missing.append(m)
-            continue
-        try:
-            scores[m] = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc.msg}); rerun `python -m pipelines.eval --model {m}`")
-        graded = eval_dir / m / "graded.jsonl"
-        lengths[m] = []
-        if graded.exists():
-            for n, line in enumerate(graded.read_text(encoding="utf-8").splitlines(), start=1):
-                if line.strip():
-                    rec = json.loads(line)
-                    if not isinstance(rec.get("completion_tokens"), int):
-                        raise ValueError(f"{graded}: line {n}: field 'completion_tokens' missing or not an integer")
-                    lengths[m].append(rec["completion_tokens"])
-    return scores, lengths, missing
-
-
-def _value(scores: dict, model: str, bench: str, metric: str) -> float | None:
-    m = scores.get(model, {}).get(bench)
-    if m is None:
-        return None
-    if metric not in m:
-        raise ValueError(f"scores of '{model}' on '{bench}': no metric '{metric}' (have {sorted(m)})")
-    return m[metric]
-
-
-def _diff(a, b):
-    return None if a is None or b is None else a - b
-
-
-def compare(scores: dict, cfg: ReportParams) -> dict:
-    benches = sorted({b for per_model in scores.values() for b in per_model})
-    table = {m: {b: _value(scores, m, b, cfg.metric) for b in benches} for m in scores}
-
-    def delta(x, y):
-        return {b: _diff(_value(scores, x, b, cfg.metric), _value(scores, y, b, cfg.metric)) for b in benches}
-
-    return {
-        "metric": cfg.metric,
-        "benchmarks": benches,
-        cfg.metric: table,
-        "delta_long": delta(cfg.long, cfg.short),
-        "delta_large": delta(cfg.large, cfg.small),
-        "gains": {
-            f"{cfg.mix_long}_vs_{cfg.long}": delta(cfg.mix_long, cfg.long),
-            f"{cfg.mix_long}_vs_{cfg.short}": delta(cfg.mix_long, cfg.short),
-            f"{cfg.mix_large}_vs_{cfg.large}": delta(cfg.mix_large, cfg.large),
-            f"{cfg.mix_large}_vs_{cfg.small}": delta(cfg.mix_large, cfg.small),
-        },
-        "roles": {"long": cfg.long, "short": cfg.short, "large": cfg.large, "small": cfg.small,
-                  "mix_long": cfg.mix_long, "mix_large": cfg.mix_large},
-    }
-
-
-def _fmt(v, signed=False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
-
-
-def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[str]) -> str:
-    benches, metric = result["benchmarks"], result["metric"]
-    lines = ["# mixdistill evaluation summary", "",
-             f"Metric: `{metric}` (greedy unless eval.sampling says otherwise).", "",
-             "| model | " + " | ".join(benches) + " | mean tokens | truncated |",
-             "|---|" + "---|" * (len(benches) + 2)]
-    for m, row in result[metric].items():
-        toks = [scores[m][b]["mean_response_tokens"] for b in benches if b in scores[m]]
-        trunc = [scores[m][b]["truncation_rate"] for b in benches if b in scores[m]]
-        lines.append(f"| {m} | " + " | ".join(_fmt(row[b]) for b in benches)
-                     + f" | {sum(toks) / len(toks):.0f} | {sum(trunc) / len(trunc):.2f} |")
-    r = result["roles"]
-    lines += ["", "## Deltas", "",
-              "| quantity | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches),
-              f"| ΔLong = P(long: {r['long']}) − P(short: {r['short']}) | "
-              + " | ".join(_fmt(result["delta_long"][b], True) for b in benches) + " |",
-              f"| ΔLarge = P(large: {r['large']}) − P(small: {r['small']}) | "
-              + " | ".join(_fmt(result["delta_large"][b], True) for b in benches) + " |"]
-    for name, per in result["gains"].items():
-        lines.append(f"| {name.replace('_vs_', ' − ')} | " + " | ".join(_fmt(per[b], True) for b in benches) + " |")
-    n_problems = {b: max((scores[m][b]["n_problems"] for m in scores if b in scores[m]), default=0) for b in benches}
-    lines += ["", "Problems per benchmark: " + ", ".join(f"{b}: {n}" for b, n in n_problems.items())
-              + ". With this few problems one problem moves accuracy by "
-              + ", ".join(f"{1 / n:.3f}" for n in n_problems.values() if n) + ": read small deltas as noise."]
-    if missing:
-        lines += ["", "Not evaluated (no scores.json): " + ", ".join(missing) + "."]
-    lines += ["", "Plots: `accuracy.png`, `response_lengths.png`.", ""]
-    return "\n".join(lines)
-
-
-def plot(result: dict, lengths: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")          # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    benches, metric = result["benchmarks"], result["metric"]
-    models = list(result[metric])
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(models) * max(1, len(benches)) / 2), 4))
-    width = 0.8 / max(1, len(benches))
-    for j, b in enumerate(benches):
-        vals = [result[metric][m][b] or 0.0 for m in models]
-        ax.bar([i + j * width for i in range(len(models))], vals, width, label=b)
-    ax.set_xticks([i + width * (len(benches) - 1) / 2 for i in range(len(models))], models, rotation=30)
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{metric} by model")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=100)
-    plt.close(fig)
-
-    with_lengths = [m for m in models if lengths.get(m)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(with_lengths)), 4))
-    if with_lengths:
-        ax.boxplot([lengths[m] for m in with_lengths], tick_labels=with_lengths)
-    ax.set_ylabel("response tokens")
-    ax.set_title("response length by model")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(out / "response_lengths.png", dpi=100)
-    plt.close(fig)
-
-
-def build_report(params: dict) -> dict:
-    paths, cfg = parse_paths(params), parse_report(params)
-    mixes = list(((params.get("mix") or {}).get("mixes") or {}))
-    models = [cfg.baseline] + [m for m in mixes if m != cfg.baseline]
-    scores, lengths, missing = collect(Path(paths.eval), models)
-    if not scores:
-        raise FileNotFoundError(f"{paths.eval}: no model has scores.json yet (run the eval stage)")
-    result = compare(scores, cfg)
-    out = Path(paths.reports)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {k: result[k] for k in (cfg.metric, "delta_long", "delta_large", "gains")})
-    write_json(out / "plots" / "accuracy.json",
-               [{"model": m, "benchmark": b, cfg.metric: v} for m, row in result[cfg.metric].items()
-                for b, v in row.items() if v is not None])
-    plot(result, lengths, out)
-    with atomic_file(out / "summary.md", encoding="utf-8") as f:
-        f.write(summary_markdown(result, scores, lengths, missing))
-    return {**result, "missing": missing}
+from evaluation.report import build_report
+from pipelines import stage
+from pipelines.params import load_params
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        result = build_report(load_params(args.params))
-    except (ParamsError, EvalParamsError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: result[k] for k in ("delta_long", "delta_large", "missing")}, indent=2))
-    return 0
+    args = stage.parser(__doc__).parse_args(argv)
+
+    def body():
+        params = load_params(args.params)
+        result = build_report(params.layout, params.report, list(params.mix.mixes))
+        print(json.dumps({k: result[k] for k in ("delta_long", "delta_large", "missing")}, indent=2))
+
+    return stage.run("report", body)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ process trains; only the main one talks to MLflow and writes outputs.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -28,35 +27,31 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
-from pipelines import tracking
-from pipelines.params import ParamsError, load_params, parse_paths
-from pipelines.student import student_params
-from training.config import TrainParams, TrainParamsError, parse_train
-from training.data import TrainDataError, prepare_sft_data
-from training.student import StudentError, load_student, read_provenance, replace_dir
+from common import layout as names
+from common.digests import file_digest
+from common.errors import MixdistillError
+from common.io import replace_dir
+from curation import mixing
+from pipelines import stage, tracking
+from pipelines.params import Params, load_params
+from training.config import TrainParams
+from training.data import prepare_sft_data
+from training.student import load_student, read_provenance
 from training.trainer import prepare_work_dir, train_sft
 
 log = logging.getLogger("pipelines.train")
-RUN_ID_FILE = "mlflow_run_id.txt"
-METRICS_FILE = "train_metrics.json"
-LINEAGE_FILE = "lineage.json"
 
 
-class TrainStageError(RuntimeError):
+class TrainStageError(MixdistillError, RuntimeError):
     """The stage cannot run as configured; the message says why and what to do."""
 
 
 def verify_mix(mix_dir: Path, curated_root: Path | None = None) -> dict:
     """The mix's manifest, after ``curation.mixing.verify_mix_dir`` checked the sources' contracts,
     the rows digest and (given ``curated_root``) that no curated source changed since mixing."""
-    try:
-        from curation import mixing
-    except ImportError as exc:
-        raise TrainStageError(f"cannot verify {mix_dir}: curation.mixing is not available ({exc})") from exc
-    if not (mix_dir / "rows.parquet").is_file():
+    if not (mix_dir / names.MIX_ROWS).is_file():
         raise TrainStageError(f"{mix_dir}/rows.parquet not found: run the mix stage first (dvc repro mix)")
     try:
         return mixing.verify_mix_dir(mix_dir, curated_root)
@@ -64,10 +59,10 @@ def verify_mix(mix_dir: Path, curated_root: Path | None = None) -> dict:
         raise TrainStageError(f"refusing to train on mix '{mix_dir.name}': it failed verification: {exc}") from exc
 
 
-def check_student(student_dir: Path, params: dict) -> dict:
+def check_student(student_dir: Path, params: Params) -> dict:
     """Provenance of the converted student, which must be the student the params ask for."""
     provenance = read_provenance(student_dir)
-    wanted = student_params(params)
+    wanted = params.student
     if provenance is None:
         raise TrainStageError(f"{student_dir} holds no converted student: run python -m pipelines.student")
     have = (provenance.get("source"), provenance.get("revision"), provenance.get("dtype"))
@@ -99,7 +94,7 @@ def _tag_key(text: str) -> str:
     return re.sub(r"[^\w./\- :]", "_", text)
 
 
-def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_path: Path, rows,
+def log_run_inputs(run, cfg: TrainParams, mix: str, manifest: dict, manifest_path: Path, rows,
                    student: dict, data_stats: dict) -> None:
     """Params (student, mix shares, hyperparameters), the mix as a dataset input, lineage tags."""
     logged = {"student.source": student.get("source"), "student.revision": student.get("revision"),
@@ -112,33 +107,25 @@ def log_run_inputs(mlflow, cfg: TrainParams, mix: str, manifest: dict, manifest_
         logged[f"train.{key}"] = json.dumps(value) if isinstance(value, list) else value
     for key in ("n_examples", "n_dropped_over_cutoff", "tokens", "assistant_tokens", "max_tokens"):
         logged[f"data.{key}"] = data_stats[key]
-    mlflow.log_params({k: ("null" if v is None else v) for k, v in logged.items()})
-
-    with warnings.catch_warnings():
-        # MLflow's schema inference warns about integer columns (ours never hold nulls) and about a
-        # local path that two of its source classes could claim; neither concerns a logged dataset.
-        warnings.filterwarnings("ignore", message=".*(integer column|interpreted in multiple ways).*")
-        dataset = mlflow.data.from_pandas(rows.to_pandas(), source=str(manifest_path.resolve()), name=mix,
-                                          digest=str(manifest.get("rows_digest")))
-        mlflow.log_input(dataset, context="training")
+    run.log_params({k: ("null" if v is None else v) for k, v in logged.items()})
+    run.log_dataset(rows, source=str(manifest_path.resolve()), name=mix, digest=str(manifest.get("rows_digest")),
+                    context="training")
 
     tags = {"mixdistill.stage": "train", "mixdistill.mix": mix, "mixdistill.student": str(student.get("source"))}
     for stage_path, md5 in tracking.dvc_stage_hashes(f"mix@{mix}").items():
         stage, _, path = stage_path.partition(":")
         if stage == f"mix@{mix}":        # the prefix would also match mix@<mix>_other
             tags[_tag_key(f"mixdistill.dvc_md5.{path}")] = md5
-    mlflow.set_tags(tags)
+    run.set_tags(tags)
 
 
 def lineage_record(mix: str, mix_dir: Path, manifest: dict, paths, student: dict, final_dir: Path,
                    run_id: str) -> dict:
     """What `mixdistill lineage` re-verifies later: the mix and sources this checkpoint saw, and
     hashes of the weights it produced."""
-    from curation.schema import file_digest
-
     return {
         "mix": mix, "mix_dir": str(mix_dir), "rows_digest": manifest.get("rows_digest"),
-        "manifest_sha256": file_digest(mix_dir / "manifest.json"), "n_rows": manifest.get("n_rows"),
+        "manifest_sha256": file_digest(mix_dir / names.MANIFEST), "n_rows": manifest.get("n_rows"),
         "shares": manifest.get("shares"), "curated_root": str(paths.curated), "traces_root": str(paths.traces),
         "sources": {name: info.get("kept_digest") for name, info in (manifest.get("sources") or {}).items()},
         "student": student, "git_commit": tracking.git_commit(), "mlflow_run_id": run_id,
@@ -165,27 +152,23 @@ def train_metrics(result, data_stats: dict) -> dict:
     }
 
 
-def run_stage(params: dict, mix: str) -> dict:
+def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
     """Train one mix; returns the metrics written to ``train_metrics.json``."""
-    paths = parse_paths(params)
-    mix_names = list(((params.get("mix") or {}).get("mixes") or {}))
-    cfg = parse_train(params, mix_names)
-    if mix not in mix_names:
-        raise TrainStageError(f"--mix: unknown mix '{mix}' (mixes under mix.mixes: {sorted(mix_names)})")
-    mix_dir = Path(paths.mixes) / mix
-    curated = Path(paths.curated)
-    manifest = verify_mix(mix_dir, curated if curated.is_dir() else None)
-    student = check_student(Path(paths.student), params)
+    layout, cfg = params.layout, params.train
+    if mix not in params.mix.mixes:
+        raise TrainStageError(f"--mix: unknown mix '{mix}' (mixes under mix.mixes: {sorted(params.mix.mixes)})")
+    mix_dir = layout.mix(mix)
+    manifest = verify_mix(mix_dir, layout.curated_root if layout.curated_root.is_dir() else None)
+    student = check_student(layout.student, params)
 
     import polars as pl
 
-    rows = pl.read_parquet(mix_dir / "rows.parquet")
+    rows = pl.read_parquet(mix_dir / names.MIX_ROWS)
     # Weights are trained in float32 (master copy); bf16, where enabled, is autocast by the Trainer.
-    model, tokenizer = load_student(paths.student, "float32")
+    model, tokenizer = load_student(layout.student, "float32")
     data = prepare_sft_data(rows.to_dicts(), tokenizer, cfg.cutoff_len, cfg.over_cutoff)
 
-    work_dir = Path(paths.checkpoints) / ".work" / mix
-    out_dir = Path(paths.checkpoints) / mix
+    work_dir, out_dir = layout.train_work(mix), layout.checkpoint(mix)
     run_fingerprint = fingerprint(cfg, manifest, student)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not is_main:        # other processes of a multi-GPU launch only train
@@ -195,30 +178,31 @@ def run_stage(params: dict, mix: str) -> dict:
     # Checkpoints of another run (other params, mix or student) are discarded here; what is left
     # belongs to this run, and a resumed run keeps logging into the MLflow run the killed one began.
     prepare_work_dir(work_dir, run_fingerprint)
-    run_id_path = work_dir / RUN_ID_FILE
-    resume_run = run_id_path.read_text().strip() if run_id_path.is_file() else None
+    run_id_path = work_dir / names.RUN_ID
+    resume_run = run_id_path.read_text().strip() if run_id_path.is_file() and log_mlflow else None
     if resume_run and not tracking.run_exists(params, resume_run):
         log.warning("MLflow run %s of the interrupted training is gone; starting a new run", resume_run)
         resume_run = None
 
-    with tracking.run(params, name=mix, run_id=resume_run) as active:
-        import mlflow
-
-        run_id_path.write_text(active.info.run_id + "\n")
-        log_run_inputs(mlflow, cfg, mix, manifest, mix_dir / "manifest.json", rows, student, data.stats)
+    with tracking.open_run(params, name=mix, run_id=resume_run, enabled=log_mlflow) as run:
+        if run.run_id:
+            run_id_path.write_text(run.run_id + "\n")
+        log_run_inputs(run, cfg, mix, manifest, mix_dir / names.MANIFEST, rows, student, data.stats)
+        callback = run.metrics_callback()
         result = train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint,
-                           run_name=mix, callbacks=[tracking.trainer_metrics_callback()])
+                           run_name=mix, callbacks=[callback] if callback else [])
         metrics = train_metrics(result, data.stats)
-        (result.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        (result.final_dir / RUN_ID_FILE).write_text(active.info.run_id + "\n")
-        lineage = lineage_record(mix, mix_dir, manifest, paths, student, result.final_dir, active.info.run_id)
-        (result.final_dir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
-        mlflow.log_dict(lineage, LINEAGE_FILE)
-        mlflow.set_tag("mixdistill.checkpoint_dir", str(out_dir))
-        mlflow.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if v is not None})
-        mlflow.log_artifacts(str(result.final_dir), artifact_path="checkpoint")
+        (result.final_dir / names.TRAIN_METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        if run.run_id:
+            (result.final_dir / names.RUN_ID).write_text(run.run_id + "\n")
+        lineage = lineage_record(mix, mix_dir, manifest, params.paths, student, result.final_dir, run.run_id)
+        (result.final_dir / names.LINEAGE).write_text(json.dumps(lineage, indent=2) + "\n")
+        run.log_dict(lineage, names.LINEAGE)
+        run.set_tags({"mixdistill.checkpoint_dir": str(out_dir)})
+        run.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if v is not None})
+        run.log_artifacts(result.final_dir, artifact_path="checkpoint")
         replace_dir(result.final_dir, out_dir)
-    (Path(paths.checkpoints) / f"{mix}.{METRICS_FILE}").write_text(json.dumps(metrics, indent=2) + "\n")
+    layout.train_metrics(mix).write_text(json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(work_dir, ignore_errors=True)
     log.info("mix %s: %d steps, final loss %.4f, %.1f tokens/s -> %s", mix, result.global_step,
              result.final_loss or float("nan"), result.tokens_per_second, out_dir)
@@ -239,23 +223,22 @@ def launch_command(argv: list[str]) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mix", required=True, help="a mix name under mix.mixes")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--single-process", action="store_true",
-                        help="do not relaunch on all GPUs (set by the relaunch itself)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = stage.parser(__doc__)
+    ap.add_argument("--mix", required=True, help="a mix name under mix.mixes")
+    ap.add_argument("--single-process", action="store_true",
+                    help="do not relaunch on all GPUs (set by the relaunch itself)")
+    args = ap.parse_args(argv)
     if not args.single_process:
-        command = launch_command(["--mix", args.mix, "--params", args.params])
+        command = launch_command(["--mix", args.mix, "--params", args.params]
+                                 + (["--no-mlflow"] if args.no_mlflow else []))
         if command is not None:
             log.info("several GPUs: relaunching as %s", " ".join(command))
             return subprocess.call(command)
-    try:
-        run_stage(load_params(args.params), args.mix)
-    except (ParamsError, TrainParamsError, TrainDataError, StudentError, TrainStageError) as exc:
-        raise SystemExit(f"train@{args.mix}: {exc}") from exc
-    return 0
+
+    def body():
+        run_stage(load_params(args.params), args.mix, log_mlflow=not args.no_mlflow)
+
+    return stage.run(f"train@{args.mix}", body)
 
 
 if __name__ == "__main__":

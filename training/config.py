@@ -1,30 +1,28 @@
-"""Typed, validated view of the ``train:`` section of params.yaml (and its ``paper:`` preset).
+"""Typed params of the training package: ``student:`` and ``train:``.
 
-``train.preset`` picks the settings: ``default`` uses ``train:`` as written (the small CPU
-recipe); ``paper`` overlays ``paper.train`` on it (and the student stage swaps in
-``paper.student``), so one DVC flag switches the whole recipe:
-
-    dvc exp run -S 'train.preset=paper'
-
-Because the preset is a plain scalar in ``train:``, DVC sees the switch as a params change of
-``train`` and re-runs exactly the stages that read it. Errors name the key and say what is wrong.
+Built by the params root (``pipelines/params.py``) after the selected preset (``preset:``) has
+been overlaid, so these dataclasses always see the effective values. Errors name the key path.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PRESETS = ("default", "paper")
+from common.params import ParamsError, build, section, is_int as _is_int, is_number as _is_number
+
 METHODS = ("full", "lora")
 OVER_CUTOFF = ("error", "drop")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 # Keys of ``train:`` that describe *what* to train rather than *how*: a preset may not change them.
-_NOT_PRESETTABLE = ("mixes", "preset")
+NOT_PRESETTABLE = ("mixes",)
 
 
-class TrainParamsError(ValueError):
-    """A ``train:`` / ``paper:`` value is missing or wrong; the message names the key."""
+@dataclass
+class StudentParams:
+    model: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"
 
 
 @dataclass
@@ -39,7 +37,6 @@ class LoraParams:
 @dataclass
 class TrainParams:
     mixes: list[str]
-    preset: str = "default"
     method: str = "full"
     epochs: float = 1.0
     max_steps: int | None = None       # overrides epochs when set
@@ -75,22 +72,7 @@ class TrainParams:
 
 
 def _fail(key: str, message: str):
-    raise TrainParamsError(f"train.{key}: {message}")
-
-
-def _check_unknown(data: dict, cls, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise TrainParamsError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    raise ParamsError(f"train.{key}: {message}")
 
 
 def _validate(p: TrainParams, mix_names: list[str]) -> None:
@@ -101,8 +83,6 @@ def _validate(p: TrainParams, mix_names: list[str]) -> None:
             _fail("mixes", f"unknown mix '{name}' (mixes under mix.mixes: {sorted(mix_names)})")
     if len(set(p.mixes)) != len(p.mixes):
         _fail("mixes", f"lists a mix twice: {p.mixes}")
-    if p.preset not in PRESETS:
-        _fail("preset", f"'{p.preset}' must be one of {', '.join(PRESETS)}")
     if p.method not in METHODS:
         _fail("method", f"'{p.method}' must be one of {', '.join(METHODS)}")
     if p.over_cutoff not in OVER_CUTOFF:
@@ -157,47 +137,15 @@ def _validate(p: TrainParams, mix_names: list[str]) -> None:
         _fail("lora.merge", f"{lora.merge!r} must be true or false")
 
 
-def effective_train_section(params: dict) -> dict:
-    """The ``train:`` mapping with the selected preset applied (``paper.train`` over ``train``)."""
-    raw = params.get("train")
-    if not isinstance(raw, dict):
-        raise TrainParamsError("params: section 'train' is missing or not a mapping")
-    merged = dict(raw)
-    preset = merged.get("preset", "default")
-    if preset == "paper":
-        paper = params.get("paper")
-        if not isinstance(paper, dict) or not isinstance(paper.get("train"), dict):
-            raise TrainParamsError("train.preset: 'paper' needs a 'paper:' section with a 'train:' mapping")
-        overrides = paper["train"]
-        fixed = sorted(set(overrides) & set(_NOT_PRESETTABLE))
-        if fixed:
-            raise TrainParamsError(f"paper.train: {fixed} cannot be set by a preset (they choose what to "
-                                   "train, not how); set them under train:")
-        _check_unknown(overrides, TrainParams, "paper.train")
-        if "lora" in overrides:
-            # Merge the LoRA block key by key so a preset may change just the rank.
-            merged["lora"] = {**(merged.get("lora") or {}), **(overrides["lora"] or {})}
-            overrides = {k: v for k, v in overrides.items() if k != "lora"}
-        merged.update(overrides)
-    return merged
-
-
 def parse_train(params: dict, mix_names) -> TrainParams:
-    """Validate ``train:`` (with its preset applied) against the mixes defined under ``mix.mixes``.
+    """Validate the (preset-applied) ``train:`` section against the mixes under ``mix.mixes``.
 
     ``train.mixes`` may be left out or null to mean every mix.
     """
     mix_names = list(mix_names)
-    raw = effective_train_section(params)
-    _check_unknown(raw, TrainParams, "train")
-    raw = dict(raw)
+    raw = dict(section(params, "train"))
     if raw.get("mixes") is None:
         raw["mixes"] = list(mix_names)
-    lora_raw = raw.get("lora") or {}
-    if not isinstance(lora_raw, dict):
-        raise TrainParamsError("train.lora: expected a mapping {r, alpha, dropout, target_modules, merge}")
-    _check_unknown(lora_raw, LoraParams, "train.lora")
-    raw["lora"] = LoraParams(**lora_raw)
     # YAML reads 5e-5 (no dot) as a string; accept numeric strings rather than fail on notation.
     for key in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epochs"):
         if isinstance(raw.get(key), str):
@@ -205,6 +153,10 @@ def parse_train(params: dict, mix_names) -> TrainParams:
                 raw[key] = float(raw[key])
             except ValueError:
                 _fail(key, f"{raw[key]!r} is not a number")
-    params_obj = TrainParams(**raw)
+    params_obj = build(TrainParams, raw, "train")
     _validate(params_obj, mix_names)
     return params_obj
+
+
+def parse_student(params: dict) -> StudentParams:
+    return build(StudentParams, section(params, "student"), "student")

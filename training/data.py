@@ -1,4 +1,4 @@
-"""SFT data: the prompt every stage shares, chat formatting with assistant-only labels, packing.
+"""SFT data: chat formatting with assistant-only labels (prompt from ``common.prompt``), packing.
 
 One example is ``prompt tokens + completion tokens``:
 
@@ -29,33 +29,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import MixdistillError
+from common.prompt import build_messages, prompt_text
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-class TrainDataError(ValueError):
+class TrainDataError(MixdistillError, ValueError):
     """The mix cannot be turned into training examples under the current params."""
-
-
-def build_prompt(problem: str) -> str:
-    """The user turn for a problem; training and evaluation both use it, so they agree."""
-    return f"{problem.strip()}\n\n{BOXED_INSTRUCTION}"
-
-
-def build_messages(problem: str, response: str | None = None) -> list[dict]:
-    """Chat messages for a problem (and the assistant's response when training). No system turn:
-    the student's template supplies its own default, the same at training and evaluation."""
-    messages = [{"role": "user", "content": build_prompt(problem)}]
-    if response is not None:
-        messages.append({"role": "assistant", "content": response})
-    return messages
-
-
-def prompt_text(tokenizer, problem: str) -> str:
-    """The generation prompt as text (chat template, with the assistant header opened)."""
-    return tokenizer.apply_chat_template(build_messages(problem), tokenize=False, add_generation_prompt=True)
 
 
 def _completion_text(tokenizer, problem: str, response: str, prompt: str) -> str:

@@ -15,7 +15,6 @@ never needs to know where the student came from. The directory records its prove
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import logging
@@ -23,6 +22,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from common.io import replace_dir
+
+from common.digests import file_digest
+from common.errors import MixdistillError
 
 import torch
 
@@ -42,7 +46,7 @@ SMOLLM2_CHATML_TEMPLATE = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class StudentError(ValueError):
+class StudentError(MixdistillError, ValueError):
     """The student spec cannot be resolved or loaded; the message says why."""
 
 
@@ -146,25 +150,17 @@ def load_student(path_or_spec: str, dtype: str | torch.dtype = "float32", *, rev
     return model, tokenizer
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def student_provenance(spec: str, revision: str | None = None, dtype: str = "float32") -> dict:
     """What identifies the converted student: the spec, plus the GGUF file's sha256 or the revision."""
     record = {"source": spec, "revision": revision, "dtype": str(dtype).replace("torch.", "")}
     if spec.startswith(GGUF_PREFIX):
         directory, filename = _gguf_location(spec)
         record["gguf_file"] = filename
-        record["gguf_sha256"] = _sha256(directory / filename)
+        record["gguf_sha256"] = file_digest(directory / filename)
     elif Path(spec).is_dir():
         weights = sorted(Path(spec).glob("*.safetensors"))
         record["local_path"] = str(Path(spec).resolve())
-        record["weights_sha256"] = {w.name: _sha256(w) for w in weights}
+        record["weights_sha256"] = {w.name: file_digest(w) for w in weights}
     return record
 
 
@@ -212,15 +208,3 @@ def convert_student(spec: str, out_dir: str | Path, *, revision: str | None = No
         raise
     log.info("student %s written to %s (%d parameters)", spec, out_dir, provenance["parameters"])
     return provenance
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap ``staging`` into ``target``: move the old one aside first so that a crash in between
-    leaves either the old or the new student in place, never a mixture."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from training.config import TrainParams, TrainParamsError
+from common.params import ParamsError
+from training.config import TrainParams
 from training.data import ListDataset, PackedCollator, PaddedCollator, packed_dataset
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def resolve_bf16(setting) -> bool:
     if setting == "auto":
         return bf16_available()
     if setting and not bf16_available():
-        raise TrainParamsError("train.bf16: true, but no GPU with bfloat16 support is visible; set it to auto "
+        raise ParamsError("train.bf16: true, but no GPU with bfloat16 support is visible; set it to auto "
                                "or false")
     return bool(setting)
 
@@ -155,7 +156,7 @@ def build_training_args(cfg: TrainParams, output_dir: str | Path, **kwargs):
     from transformers import TrainingArguments
 
     if cfg.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise TrainParamsError(f"train.deepspeed: {cfg.deepspeed} needs the deepspeed package, which is not "
+        raise ParamsError(f"train.deepspeed: {cfg.deepspeed} needs the deepspeed package, which is not "
                                "installed (pip install 'mixdistill[gpu]' on a GPU machine), or set it to null")
     return TrainingArguments(**training_arguments_kwargs(cfg, output_dir, **kwargs))
 
@@ -169,7 +170,7 @@ def apply_lora(model, cfg: TrainParams):
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise TrainParamsError(f"train.lora.target_modules: {lora.target_modules} ({exc})") from exc
+        raise ParamsError(f"train.lora.target_modules: {lora.target_modules} ({exc})") from exc
 
 
 # --- resume ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from curation.schema import TRACE_SCHEMA, dumps, trace_id
+from common.digests import dumps
+from curation.schema import TRACE_SCHEMA, trace_id
 
 TOKEN_COLUMNS = {"response_tokens": pl.Int64, "sequence_tokens": pl.Int64}
 # Stands in for the chat template and prompt when a row gives no sequence_tokens.

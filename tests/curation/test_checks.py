@@ -4,7 +4,7 @@ import pytest
 from curation.checks import (EmptyCheck, LanguageCheck, LengthCheck, RepetitionCheck, TruncationCheck,
                              default_checks, ngram_hashes, text_chunks, word_hashes)
 from curation.runner import run_curation
-from pipelines.params import CurateParams, QualityParams
+from curation.config import CurateParams, QualityParams
 from tests.curation.helpers import make_traces
 
 SOLUTION = r"""We want the number of strings of length $n$ over $\{1, 2, 3\}$ whose adjacent digits differ

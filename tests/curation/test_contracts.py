@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from curation import contracts
-from curation.contracts import ContractViolation, format_failures, validate_curated
+from curation.contracts import format_failures, validate_curated
 from curation.schema import TRACE_SCHEMA
-from pipelines.params import ContractParams, CorrectnessParams, CurateParams
+from curation.config import ContractParams, CorrectnessParams, CurateParams
 
 PARAMS = CurateParams(min_tokens=8, max_tokens=4096, cutoff_len=1024)
 FLAG = replace(PARAMS, over_cutoff="flag")
@@ -253,6 +253,4 @@ def test_violation_text_and_docs_fallback(tmp_path, monkeypatch):
     page = Path(result.docs_path).read_text()
     assert "FAILED" in page and "renderer exploded" in page and "correct=False" in page
     assert json.loads(Path(result.results_path).read_text())["docs_error"] == "RuntimeError: renderer exploded"
-    err = ContractViolation.from_result("champ_gpt4", result)
-    assert str(err) == (f"contract for curated source 'champ_gpt4' failed (results: {result.results_path}):\n"
-                        f"- {result.failures[0]}")
+    assert format_failures(result) == f"- {result.failures[0]}"

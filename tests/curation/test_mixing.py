@@ -6,7 +6,7 @@ import pytest
 from curation.mixing import (MixError, MixIntegrityError, apportion, build_mix, load_curated,
                              verify_mix_dir, write_mix)
 from curation.schema import trace_id
-from pipelines.params import MixParams
+from curation.config import MixParams
 
 GROUPS = {"long": ["a"], "short": ["b", "c"]}
 

@@ -6,7 +6,7 @@ import pytest
 from curation.schema import TRACE_COLUMNS
 from curation.sources import (SourceError, assert_no_heldout, champ_problems, champ_traces,
                               load_source, read_table, rows_to_traces, split_problems)
-from pipelines.params import SourceParams
+from curation.config import SourceParams
 
 
 def _file_source(path, **cols):

@@ -23,10 +23,13 @@ import yaml
 
 from curation import teacher
 from curation.sources import SourceError, load_source
-from curation.teacher import (Sample, derive_seed, generate_traces, public_spec, resolve_model,
+from generation.spec import public_spec, resolve_model
+from tests.project import project_params
+from curation.teacher import (Sample, derive_seed, generate_traces,
                               resolve_template, select_samples)
-from evaluation.engines import FakeEngine
-from pipelines.params import ParamsError, parse_sources
+from generation.engines import EngineError, FakeEngine
+from common.params import ParamsError
+from curation.config import parse_sources
 
 REPO = Path(__file__).resolve().parents[2]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,8 +72,8 @@ def without_timestamps(frame: pl.DataFrame) -> list[dict]:
     return rows
 
 
-def chunk_records(root: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted(root.glob("gen/*/chunk-*.jsonl"))
+def stored_records(root: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(root.glob("gen/*/samples.jsonl"))
             for line in p.read_text().splitlines()]
 
 
@@ -212,24 +215,26 @@ def test_chunk_boundaries_do_not_change_output(tmp_path):
     five = generate_traces(source_params(tmp_path / "b", chunk_size=5, select="all"), problems_frame(6),
                            engine=FakeEngine(respond=respond), log=print)
     assert without_timestamps(one) == without_timestamps(five)
-    assert len(list((tmp_path / "a").glob("gen/gen/*/chunk-*.jsonl"))) == 6
+    assert len(stored_records(tmp_path / "a" / "gen")) == 6 * 4
 
 
 def test_locked_and_corrupt_work_dirs_are_clear_errors(tmp_path):
     src = source_params(tmp_path)
     generate_traces(src, problems_frame(2), engine=FakeEngine(respond=respond), log=print)
     work = next((tmp_path / "gen" / "gen").iterdir())
-    with open(work / ".lock") as held:
+    store = work / "samples.jsonl"
+    with open(store) as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(SourceError, match="another generation run holds this work directory"):
+        with pytest.raises(SourceError, match="another run is writing these samples"):
             generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
-    chunk = work / "chunk-000000.jsonl"
-    chunk.write_text(chunk.read_text() + "{not json\n")
-    with pytest.raises(SourceError, match=r"chunk-000000.jsonl: line 9: invalid JSON.*delete this chunk"):
-        generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
-    # A torn last line is damage too (chunks are renamed into place whole), and so is bad UTF-8.
-    chunk.write_bytes(chunk.read_bytes().replace(b"{not json\n", b'{"problem_id": "caf\xe9'))
-    with pytest.raises(SourceError, match=r"chunk-000000.jsonl: line 9: not valid UTF-8 \(byte 0xe9.*delete this chunk"):
+    good = store.read_bytes()
+    # A write cut short by a kill (an unterminated last line, even bad UTF-8) is mended on open...
+    store.write_bytes(good + b'{"problem_id": "caf\xe9')
+    generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
+    assert store.read_bytes() == good
+    # ...but a damaged line inside the log is an error naming the file and line.
+    store.write_bytes(good + b"{not json\n")
+    with pytest.raises(SourceError, match=r"samples.jsonl: line 9: invalid JSON.*delete .* to generate its samples"):
         generate_traces(src, problems_frame(2), engine=Refuse(), log=print)
 
 
@@ -248,9 +253,9 @@ def test_model_revision_from_hub_snapshot_or_directory(tmp_path, monkeypatch):
     local = tmp_path / "local"
     local.mkdir()
     (local / "config.json").write_text("{}")
-    digest = "sha256:" + hashlib.sha256(b"config.json\x00{}").hexdigest()[:20]
+    digest = "sha256:" + hashlib.sha256(b"config.json{}").hexdigest()[:20]   # common.digests.model_digest
     assert resolve_model({"kind": "transformers", "model": str(local)}, tmp_path / "cache.json")[2] == digest
-    with pytest.raises(SourceError, match="pins a hub id, but .* is a local directory"):
+    with pytest.raises(EngineError, match="pins a hub id, but .* is a local directory"):
         resolve_model({"kind": "transformers", "model": str(local), "revision": "v1"})
 
 
@@ -261,14 +266,14 @@ def write_project(root: Path, latency_s: float) -> None:
     problems_frame(12).write_parquet(root / "data" / "problems" / "train.parquet")
     problems_frame(2, start=50).write_parquet(root / "data" / "problems" / "test.parquet")
     responses = {f"What is {i} + {i}?": [respond(f"What is {i} + {i}?", j) for j in range(2)] for i in range(12)}
-    params = {
+    params = project_params(**{
         "paths": {k: f"data/{k}" for k in ("problems", "traces", "curated", "mixes", "student", "checkpoints",
                                           "eval", "reports")},
         "sources": {"gen": {"kind": "generate", "style": "long", "teacher_size": "small",
                             "engine": {"kind": "fake", "responses": responses, "latency_s": latency_s},
                             "template": "{problem}", "sampling": {"temperature": 0.7, "seed": 3}, "n": 2,
                             "select": "all", "chunk_size": 2}},
-    }
+    })
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -279,7 +284,8 @@ def start_stage(root: Path) -> subprocess.Popen:
 
 
 def chunk_count(root: Path) -> int:
-    return len(list(root.glob("data/generation/gen/*/chunk-*.jsonl")))
+    """Chunks on disk: 2 problems x 2 samples each."""
+    return len(stored_records(root / "data" / "generation")) // 4
 
 
 def kill_when(proc: subprocess.Popen, root: Path, chunks: int, extra_s: float = 0.0) -> int:
@@ -304,16 +310,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert kill_when(start_stage(killed), killed, 1) >= 1
     assert kill_when(start_stage(killed), killed, 3) >= 3
     at_kill = kill_when(start_stage(killed), killed, 4, extra_s=0.2)
+    assert at_kill >= 4
     work = next((killed / "data" / "generation" / "gen").iterdir())
-    (work / f".chunk-{at_kill:06d}.jsonl.999.tmp").write_text('{"problem_id": "p1')   # a write cut short
+    with open(work / "samples.jsonl", "a") as f:
+        f.write('{"problem_id": "p1')                   # a write cut short
     out, err = start_stage(killed).communicate(timeout=60)
     assert "traces@gen: 24 traces" in out, err
     assert reference_run.wait(timeout=60) == 0
-    assert chunk_count(killed) == 6                     # 12 problems / 2: no chunk made twice
-    records = chunk_records(killed / "data" / "generation")
+    records = stored_records(killed / "data" / "generation")
     keys = [(r["problem_id"], r["sample_index"]) for r in records]
-    assert sorted(keys) == sorted({(f"p{i:02d}", j) for i in range(12) for j in range(2)})
-    assert not list(work.glob(".chunk-*"))
+    assert sorted(keys) == sorted({(f"p{i:02d}", j) for i in range(12) for j in range(2)})   # none made twice
     resumed = pl.read_parquet(killed / "data" / "traces" / "gen.parquet")
     uninterrupted = pl.read_parquet(clean / "data" / "traces" / "gen.parquet")
     assert resumed.height == 24 and resumed["trace_id"].n_unique() == 24

@@ -223,7 +223,7 @@ def run_stages(params_path: str) -> None:
 @dataclass
 class PipelineRun:
     root: Path
-    params: dict
+    params: object            # pipelines.params.Params
     server: MlflowServer
     timings: dict
     seconds: float
@@ -249,5 +249,6 @@ def pipeline(mlflow_server, tiny_project) -> PipelineRun:
         pytest.fail(f"tiny pipeline failed (exit {done.returncode}); stderr tail:\n{done.stderr[-6000:]}\n"
                     f"server log tail:\n{mlflow_server.log_tail(2000)}")
     timings = json.loads(done.stdout.strip().splitlines()[-1])
-    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    return PipelineRun(tiny_project, params, mlflow_server, timings, seconds)
+    from pipelines.params import load_params
+
+    return PipelineRun(tiny_project, load_params(params_path), mlflow_server, timings, seconds)

@@ -49,18 +49,18 @@ def check_server_side(pipeline, client) -> tuple[str, dict]:
     assert {name: names[name] for name in (*MIXES, "base")} == {name: 1 for name in (*MIXES, "base")}, names
     assert set(names) - {*MIXES, "base"} == {f"curate@{s}" for s in SOURCES}
     # MLFLOW_TRACKING_URI won: the local store named in params.yaml was never created.
-    assert not Path(pipeline.params["tracking"]["uri"][len("sqlite:///"):]).exists()
+    assert not Path(pipeline.params.tracking.uri[len("sqlite:///"):]).exists()
 
-    paths = pipeline.params["paths"]
+    paths = pipeline.params.paths
     mix_runs = {}
     for mix in MIXES:
         run = next(r for r in runs if r.info.run_name == mix)
         # One run per checkpoint: eval logged into the run train opened, not a new one.
-        assert run.info.run_id == (Path(paths["checkpoints"]) / mix / "mlflow_run_id.txt").read_text().strip()
+        assert run.info.run_id == (Path(paths.checkpoints) / mix / "mlflow_run_id.txt").read_text().strip()
         assert run.info.status == "FINISHED"
         metrics = run.data.metrics
         assert metrics["summary.steps"] == 2.0
-        scores = read_json(Path(paths["eval"]) / mix / "scores.json")[BENCHMARK]
+        scores = read_json(Path(paths.eval) / mix / "scores.json")[BENCHMARK]
         assert scores["n_problems"] == 2
         for key, value in scores.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -72,7 +72,7 @@ def check_server_side(pipeline, client) -> tuple[str, dict]:
                                                   str(pipeline.root / "downloads" / mix)))
         table = read_json(download)
         assert table["columns"] == AUDIT_COLUMNS
-        assert len(table["data"]) == len(read_json(Path(paths["eval"]) / mix / "judge_audit.json"))
+        assert len(table["data"]) == len(read_json(Path(paths.eval) / mix / "judge_audit.json"))
         mix_runs[mix] = run
     return experiment.experiment_id, mix_runs
 
@@ -170,8 +170,8 @@ def test_lineage_of_a_checkpoint_verifies_and_reports_drift(pipeline, monkeypatc
     from tests.e2e.conftest import MIX_SIZE
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline.server.url)
-    paths = pipeline.params["paths"]
-    ckpt = Path(paths["checkpoints"]) / "long"
+    paths = pipeline.params.paths
+    ckpt = Path(paths.checkpoints) / "long"
     lin = build_lineage(str(ckpt), pipeline.params)
     assert lin["problems"] == [], render(lin)
     assert lin["mix"]["name"] == "long" and lin["mix"]["n_rows"] == MIX_SIZE
@@ -200,13 +200,13 @@ def test_lineage_of_a_checkpoint_verifies_and_reports_drift(pipeline, monkeypatc
         lin_file.write_text(own)
 
     # One training row's history: the checks it passed and where it came from.
-    tid = pl.read_parquet(Path(paths["mixes"]) / "long" / "rows.parquet")["trace_id"][0]
+    tid = pl.read_parquet(Path(paths.mixes) / "long" / "rows.parquet")["trace_id"][0]
     one = build_lineage(str(ckpt), pipeline.params, trace=tid)["trace"]
     assert one["found"] and one["source"] == source and one["curation"]["correct"] is True
     assert {"correctness", "dedup", "length"} <= set(one["curation"]["checks_passed"])
 
     # Drift: a curated source edited after training is reported (and the CLI would exit 1).
-    kept = Path(paths["curated"]) / source / "kept.parquet"
+    kept = Path(paths.curated) / source / "kept.parquet"
     original = kept.read_bytes()
     try:
         pl.read_parquet(kept).head(1).write_parquet(kept)

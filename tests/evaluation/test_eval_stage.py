@@ -8,10 +8,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from evaluation.engines import EngineError, FakeEngine
+from common.digests import model_digest
+from common.layout import BASE_MODEL
+from evaluation import run as eval_run
+from evaluation.report import build_report as _build_report
+from generation.engines import EngineError, FakeEngine
 from pipelines import eval as eval_stage
-from pipelines import report as report_stage
-from tests.evaluation.test_engines import save_tiny_model, student_tokenizer_dir  # noqa: F401 (fixture)
+from pipelines.params import parse_params
+from tests.project import project_params
+from tests.generation.test_engines import save_tiny_model, student_tokenizer_dir  # noqa: F401 (fixture)
 
 PROBLEMS = {"champ_test": [("P_1", "What is 2+3?", "5"), ("P_2", "What is 3*3?", "9"), ("P_3", "Half of 1?", "1/2")],
             "gsm8k": [("gsm8k-0", "Ducks lay 16 eggs, eat 3. Left?", "13"), ("gsm8k-1", "Bolts: 2 + 1?", "3")]}
@@ -36,7 +41,7 @@ def project(tmp_path, monkeypatch):
     ckpt = tmp_path / "models/checkpoints/mix_a"
     ckpt.mkdir(parents=True)
     (ckpt / "config.json").write_text('{"model_type": "placeholder"}')
-    params = {
+    params = project_params(**{
         "paths": {"problems": "data/problems", "traces": "data/traces", "curated": "data/curated",
                   "mixes": "data/mixes", "student": "models/student", "checkpoints": "models/checkpoints",
                   "eval": "data/eval", "reports": "reports"},
@@ -47,8 +52,27 @@ def project(tmp_path, monkeypatch):
                  "ks": [1], "engine": {"kind": "transformers"}, "judge": None,
                  "grading": {"timeout_s": 5.0, "workers": 1, "max_answer_chars": 200}},
         "tracking": {"experiment": "test", "uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }
+    })
+    params["curate"]["decontam"]["benchmarks"] = ["champ_test"]
     return params
+
+
+def evaluate(project: dict, name: str, **kwargs) -> dict:
+    params = parse_params(project)
+    return eval_run.evaluate(name, params.layout, params.eval, **kwargs)
+
+
+def log_run(result: dict, project: dict) -> str:
+    params = parse_params(project)
+    return eval_stage.log_run(result, params, params.layout)
+
+
+def build_report(project: dict) -> dict:
+    """The report over whatever mixes the test names (the root's cross-checks are not its subject)."""
+    from common.layout import Layout, Paths
+    from evaluation.config import parse_report
+
+    return _build_report(Layout(Paths(**project["paths"])), parse_report(project), list(project["mix"]["mixes"]))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -59,7 +83,7 @@ def test_evaluate_with_fake_engine_and_judge(project):
     # A (wrongly) lenient judge for "6": the point is that a judge flip is counted and audited.
     judge = FakeEngine(respond=lambda user, i: "VERDICT: CORRECT" if "<candidate>\n6\n" in user
                        else "VERDICT: INCORRECT")
-    res = eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for), judge=judge, judge_id="fake")
+    res = evaluate(project, "mix_a", engine=FakeEngine(respond=answer_for), judge=judge, judge_id="fake")
     out = Path("data/eval/mix_a")
     assert res["scores"]["champ_test"]["accuracy"] == 1.0
     assert res["scores"]["champ_test"]["accuracy_rule"] == pytest.approx(2 / 3)
@@ -92,39 +116,39 @@ class CrashAfter:
 
 def test_resume_generates_only_missing_samples(project):
     with pytest.raises(EngineError, match="simulated crash"):
-        eval_stage.evaluate("mix_a", project, engine=CrashAfter(chunks=1))
+        evaluate(project, "mix_a", engine=CrashAfter(chunks=1))
     samples = Path("data/eval/mix_a/samples.jsonl")
     assert len(read_jsonl(samples)) == 2                         # the first chunk survived
     with samples.open("a") as f:
         f.write('{"benchmark": "champ_test", "problem_id": "P_3", "sam')   # a write cut short
     engine = CrashAfter(chunks=10)
-    res = eval_stage.evaluate("mix_a", project, engine=engine)
+    res = evaluate(project, "mix_a", engine=engine)
     assert engine.prompts == 3 and (res["generated"], res["reused"]) == (3, 2)
     keys = [(r["benchmark"], r["problem_id"], r["sample_idx"]) for r in read_jsonl(samples)]
     assert len(keys) == len(set(keys)) == 5
     again = CrashAfter(chunks=0)                                 # nothing left: never called
-    assert eval_stage.evaluate("mix_a", project, engine=again)["generated"] == 0
+    assert evaluate(project, "mix_a", engine=again)["generated"] == 0
 
 
 def test_resume_after_a_crash_that_lost_only_the_newline(project):
     with pytest.raises(EngineError, match="simulated crash"):
-        eval_stage.evaluate("mix_a", project, engine=CrashAfter(chunks=1))
+        evaluate(project, "mix_a", engine=CrashAfter(chunks=1))
     samples = Path("data/eval/mix_a/samples.jsonl")
     samples.write_bytes(samples.read_bytes().rstrip(b"\n"))      # last record complete, newline lost
     engine = CrashAfter(chunks=10)
-    res = eval_stage.evaluate("mix_a", project, engine=engine)
+    res = evaluate(project, "mix_a", engine=engine)
     assert (res["generated"], res["reused"]) == (3, 2)          # the complete record is kept...
     keys = [(r["benchmark"], r["problem_id"], r["sample_idx"]) for r in read_jsonl(samples)]
     assert len(keys) == len(set(keys)) == 5                     # ...and new ones start on their own line
 
 
 def test_changed_checkpoint_starts_afresh(project, capsys):
-    eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
+    evaluate(project, "mix_a", engine=FakeEngine(respond=answer_for))
     Path("models/checkpoints/mix_a/config.json").write_text('{"model_type": "retrained"}')
     engine = CrashAfter(chunks=10)
-    eval_stage.evaluate("mix_a", project, engine=engine)
+    evaluate(project, "mix_a", engine=engine)
     assert engine.prompts == 5
-    assert "starting afresh" in capsys.readouterr().err
+    assert "its samples are replaced by this run" in capsys.readouterr().err
 
 
 def test_checkpoint_digest_follows_the_model_not_the_run_records(tmp_path):
@@ -133,21 +157,21 @@ def test_checkpoint_digest_follows_the_model_not_the_run_records(tmp_path):
     (ckpt / "config.json").write_text("{}")
     (ckpt / "model.safetensors").write_bytes(b"weights")
     (ckpt / "chat_template.jinja").write_text("{{ messages }}")
-    first = eval_stage.checkpoint_digest(ckpt)
+    first = model_digest(ckpt)
     for record in ("lineage.json", "train_metrics.json", "mlflow_run_id.txt"):   # a retrain's records
         (ckpt / record).write_text("run specific")
-    assert eval_stage.checkpoint_digest(ckpt) == first
+    assert model_digest(ckpt) == first
     (ckpt / "chat_template.jinja").write_text("{{ other }}")                   # prompts change
-    assert eval_stage.checkpoint_digest(ckpt) != first
+    assert model_digest(ckpt) != first
 
 
 def test_corrupt_saved_sample_is_an_error(project):
-    eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
+    evaluate(project, "mix_a", engine=FakeEngine(respond=answer_for))
     samples = Path("data/eval/mix_a/samples.jsonl")
     lines = samples.read_text().splitlines()
     samples.write_text("\n".join([lines[0], "{broken", *lines[1:]]) + "\n")
-    with pytest.raises(ValueError, match=r"samples.jsonl: line 2: invalid JSON.*delete the file to regenerate"):
-        eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
+    with pytest.raises(ValueError, match=r"samples.jsonl: line 2: invalid JSON.*delete .* to generate its samples again"):
+        evaluate(project, "mix_a", engine=FakeEngine(respond=answer_for))
 
 
 def test_missing_checkpoint_exits_with_message(project, tmp_path, capsys):
@@ -164,13 +188,13 @@ def test_tiny_model_end_to_end_logs_into_training_run(project, student_tokenizer
     project["eval"]["sampling"]["max_tokens"] = 4
     ckpt = Path("models/checkpoints/mix_a")
     save_tiny_model(ckpt, student_tokenizer_dir)
-    with tracking.run(project, name="train-mix_a") as active:
-        train_run = active.info.run_id
+    with tracking.open_run(project, name="train-mix_a") as run:
+        train_run = run.run_id
     (ckpt / "mlflow_run_id.txt").write_text(train_run + "\n")
-    res = eval_stage.evaluate("mix_a", project)
+    res = evaluate(project, "mix_a")
     assert res["generated"] == 5
     assert all(m["truncation_rate"] == 1.0 and m["mean_response_tokens"] == 4.0 for m in res["scores"].values())
-    assert eval_stage.log_to_mlflow(res, project) == train_run
+    assert log_run(res, project) == train_run
     run = mlflow.get_run(train_run)
     assert run.data.metrics["eval/champ_test/accuracy"] == 0.0
     assert run.data.metrics["eval/gsm8k/pass_at_1"] == 0.0
@@ -185,19 +209,19 @@ def test_base_gets_its_own_reused_run(project):
     student = Path("models/student")
     student.mkdir(parents=True)
     (student / "config.json").write_text("{}")
-    res = eval_stage.evaluate(eval_stage.BASE, project, engine=FakeEngine(respond=answer_for))
-    first = eval_stage.log_to_mlflow(res, project)
+    res = evaluate(project, BASE_MODEL, engine=FakeEngine(respond=answer_for))
+    first = log_run(res, project)
     assert mlflow.get_run(first).info.run_name == "base"
-    assert eval_stage.log_to_mlflow(res, project) == first
+    assert log_run(res, project) == first
 
 
 def test_run_id_unknown_to_the_store_gets_a_new_run(project, capsys):
     # A checkpoint pulled from a DVC remote names a run of another MLflow store.
     import mlflow
 
-    res = eval_stage.evaluate("mix_a", project, engine=FakeEngine(respond=answer_for))
+    res = evaluate(project, "mix_a", engine=FakeEngine(respond=answer_for))
     (Path("models/checkpoints/mix_a") / "mlflow_run_id.txt").write_text("f" * 32 + "\n")
-    run_id = eval_stage.log_to_mlflow(res, project)
+    run_id = log_run(res, project)
     assert run_id != "f" * 32 and mlflow.get_run(run_id).info.run_name == "mix_a"
     assert f"MLflow run {'f' * 32}" in capsys.readouterr().err
 
@@ -217,7 +241,7 @@ def test_report_deltas_tables_and_plots(project, tmp_path):
     accs = {"base": 0.1, "long": 0.5, "short": 0.3, "small": 0.2, "mix_long": 0.55, "mix_large": 0.25}
     for model, a in accs.items():
         write_scores(tmp_path, model, {"champ_test": a, "gsm8k": a / 2}, [10, 20, 30])
-    res = report_stage.build_report(project)
+    res = build_report(project)
     assert res["delta_long"]["champ_test"] == pytest.approx(0.2)
     assert res["delta_large"]["gsm8k"] == pytest.approx(0.05)
     assert res["gains"]["mix_long_vs_long"]["champ_test"] == pytest.approx(0.05)
@@ -239,18 +263,18 @@ def test_report_roles_are_configurable_and_missing_parts_are_na(project, tmp_pat
     project["report"] = {"short": "long", "long": "short"}
     write_scores(tmp_path, "long", {"champ_test": 0.5}, [5])
     write_scores(tmp_path, "short", {"champ_test": 0.3}, [5])
-    res = report_stage.build_report(project)
+    res = build_report(project)
     assert res["delta_long"]["champ_test"] == pytest.approx(-0.2)
     assert res["delta_large"]["champ_test"] is None                # "small" was never evaluated
     assert "n/a" in Path("reports/summary.md").read_text()
     with pytest.raises(Exception, match="unknown key"):
-        report_stage.build_report({**project, "report": {"bogus": 1}})
+        build_report({**project, "report": {"bogus": 1}})
 
 
 def test_report_without_scores_is_an_error(project):
     project["mix"] = {"mixes": {"long": {}}}
     with pytest.raises(FileNotFoundError, match="no model has scores.json"):
-        report_stage.build_report(project)
+        build_report(project)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -262,17 +286,16 @@ def test_report_without_scores_is_an_error(project):
     ({"benchmarks": {"x": {"kind": "ftp"}}}, r"eval.benchmarks.x.kind"),
 ])
 def test_eval_params_errors(change, message):
-    from evaluation.config import EvalParamsError, parse_eval
+    from common.params import ParamsError
+    from evaluation.config import parse_eval
 
-    with pytest.raises(EvalParamsError, match=message):
+    with pytest.raises(ParamsError, match=message):
         parse_eval({"eval": {"benchmarks": {"champ_test": {"kind": "champ_heldout"}}, **change}})
 
 
 def test_repo_params_parse():
-    from evaluation.config import parse_eval, parse_report
     from pipelines.params import load_params
 
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
-    cfg = parse_eval(params)
-    assert "champ_test" in cfg.benchmarks and cfg.sampling.n == 1
-    assert parse_report(params).large == "short"
+    assert "champ_test" in params.eval.benchmarks and params.eval.sampling.n == 1
+    assert params.report.large == "short"

@@ -46,10 +46,10 @@ def test_a_resumed_run_keeps_the_experiment_it_was_created_in(monkeypatch, tmp_p
     params = {"tracking": {"uri": f"sqlite:///{tmp_path}/m.db", "experiment": "t"}}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_EXP_NAME", "long-0.1")
-    with tracking.run(params, name="mix_long") as active:
-        run_id = active.info.run_id
+    with tracking.open_run(params, name="mix_long") as run:
+        run_id = run.run_id
     monkeypatch.setenv("DVC_EXP_NAME", "eval-only-sweep")      # e.g. an eval re-run logging into it
-    with tracking.run(params, name="mix_long", run_id=run_id, tags={"mixdistill.model": "mix_long"}):
+    with tracking.open_run(params, name="mix_long", run_id=run_id, tags={"mixdistill.model": "mix_long"}):
         pass
     tags = mlflow.get_run(run_id).data.tags
     assert tags["mixdistill.dvc_exp"] == "long-0.1" and tags["mixdistill.model"] == "mix_long"

@@ -56,7 +56,8 @@ def write_mix(mixes_root: Path, name: str, rows: list[dict], contract_success: b
     import polars as pl
 
     from curation.mixing import MIX_ROW_COLUMNS, write_mix as write_mix_dir
-    from curation.schema import TRACE_SCHEMA, dumps
+    from common.digests import dumps
+    from curation.schema import TRACE_SCHEMA
 
     full = []
     for row in rows:
@@ -103,7 +104,9 @@ def make_project(root: Path, tokenizer, rows: list[dict], train: dict | None = N
     source = root / "tiny_source"
     tiny_model(tokenizer).save_pretrained(source)
     tokenizer.save_pretrained(source)
-    params = {
+    from tests.project import project_params
+
+    params = project_params(**{
         "paths": {"problems": "data/problems", "traces": "data/traces", "curated": "data/curated",
                   "mixes": "data/mixes", "student": "models/student", "checkpoints": "models/checkpoints",
                   "eval": "data/eval", "reports": "reports"},
@@ -111,7 +114,7 @@ def make_project(root: Path, tokenizer, rows: list[dict], train: dict | None = N
         "mix": {"seed": 7, "mixes": {"tiny": {"size": len(rows), "components": {"long": 0.5, "short": 0.5}}}},
         "train": train or train_section(),
         "tracking": {"experiment": "test-train", "uri": "sqlite:///mlflow.db"},
-    }
+    })
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_mix(root / "data" / "mixes", "tiny", rows, contract_success)
     convert_student(str(source), root / "models" / "student")

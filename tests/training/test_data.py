@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from tests.training.helpers import make_rows
-from training.data import (IGNORE_INDEX, PackedCollator, PaddedCollator, TrainDataError, build_prompt,
-                           encode_example, pack_by_length, packed_dataset, prepare_sft_data, prompt_text)
+from training.data import (IGNORE_INDEX, PackedCollator, PaddedCollator, TrainDataError,
+                           encode_example, pack_by_length, packed_dataset, prepare_sft_data)
+from common.prompt import build_prompt, prompt_text
 
 
 def test_build_prompt_appends_the_boxed_instruction():

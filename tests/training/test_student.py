@@ -89,23 +89,26 @@ def test_a_tokenizer_without_chat_template_is_refused(tokenizer, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_student_stage_writes_paths_student(tokenizer, tmp_path, monkeypatch):
+def test_student_stage_writes_paths_student(tokenizer, tmp_path, monkeypatch, capsys):
     import yaml
 
     source = tmp_path / "source"
     tiny_model(tokenizer).save_pretrained(source)
     tokenizer.save_pretrained(source)
-    params = {"paths": {"problems": "p", "traces": "t", "curated": "c", "mixes": "m", "student": "models/student",
-                        "checkpoints": "models/checkpoints", "eval": "e", "reports": "r"},
-              "student": {"model": str(source), "revision": None, "trust_remote_code": False, "dtype": "float32"}}
+    from tests.project import project_params
+
+    params = project_params(
+        paths={"problems": "p", "traces": "t", "curated": "c", "mixes": "m", "student": "models/student",
+               "checkpoints": "models/checkpoints", "eval": "e", "reports": "r"},
+        student={"model": str(source), "revision": None, "trust_remote_code": False, "dtype": "float32"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert student_main([]) == 0
     assert read_provenance(tmp_path / "models" / "student")["source"] == str(source)
     params["student"]["dtype"] = "float64"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match="student: student.dtype: 'float64' must be one of"):
-        student_main([])
+    assert student_main([]) == 2
+    assert "error: student: student.dtype: 'float64' must be one of" in capsys.readouterr().err
 
 
 @requires_smollm2

@@ -59,8 +59,10 @@ def test_packed_and_padded_training_take_the_same_step(tokenizer, examples, tmp_
     assert packed.n_train_items == 1 and padded.n_train_items == 4
     assert packed.final_loss == pytest.approx(padded.final_loss, abs=1e-5)
     assert padded.padding_efficiency < 1.0 and packed.padding_efficiency == 1.0
+    # Summation order differs between one packed row and four padded rows, so float32 weights may
+    # differ in the last bits (1.6e-6 seen here on 1 of 8192 elements); the step itself is 1e-3.
     for (name, a), (_, b) in zip(packed_model.named_parameters(), padded_model.named_parameters()):
-        assert torch.allclose(a, b, atol=1e-6), name
+        assert torch.allclose(a, b, atol=1e-5), name
 
 
 def test_activation_checkpointing_keeps_packed_examples_apart(tokenizer, examples, tmp_path):

@@ -8,7 +8,7 @@ import re
 from collections import OrderedDict
 from fractions import Fraction
 
-from evaluation.answers import _expand_tuple_assignment, _replace_call, _split_top, normalize_answer
+from grading.answers import _expand_tuple_assignment, _replace_call, _split_top, normalize_answer
 
 # ----------------------------------------------------------------------------- cheap path
 

@@ -1,6 +1,6 @@
 """Rule-first grading with an LLM-judge fallback, its audits, and its calibration on CHAMP.
 
-The rule grader (``evaluation.grading.Grader``: extraction + exact/normalised match + math-verify)
+The rule grader (``grading.grader.Grader``: extraction + exact/normalised match + math-verify)
 decides first. Only its misses that have an extracted answer go to the judge, and the judge sees
 the problem, the reference and that extracted answer (length-capped) — never the whole response,
 so a long response cannot argue its case. The judge must end with exactly ``VERDICT: CORRECT`` or
@@ -17,10 +17,10 @@ import json
 import re
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluation.engines import Engine, SamplingConfig
+from generation.engines import Engine, SamplingConfig
 
 PROMPT_VERSION = "judge-v1"      # bump when the prompt changes: cached verdicts are keyed by it
 VERDICT_CORRECT = "VERDICT: CORRECT"
@@ -56,9 +56,6 @@ class FinalVerdict:
     method: str                        # rule's method, or judge | judge_unreadable | injection_refused | no_answer
     judge_correct: bool | None = None  # None: the judge was not asked (or could not be read)
     judge_output: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -130,7 +127,7 @@ class VerdictCache:
 class JudgeGrader:
     """Rule grading, then the judge on rule misses. ``judge=None`` grades by rule only.
 
-    ``grader`` is an open ``evaluation.grading.Grader`` (or anything with ``grade_many``);
+    ``grader`` is an open ``grading.grader.Grader`` (or anything with ``grade_many``);
     ``judge_id`` names the judge model in the cache key, so two judges never share verdicts.
     """
 

@@ -28,8 +28,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable
 
-from curation.io import JsonlError, iter_jsonl
-from evaluation.answers import extract_answer, reference_variants
+from common.errors import MixdistillError
+from common.io import JsonlError, iter_jsonl
+from grading.answers import extract_answer, reference_variants
 
 __all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "math_verify_check", "to_latex"]
 
@@ -43,11 +44,11 @@ class Verdict:
     method: str  # one of METHODS
 
 
-class GradingInputError(ValueError):
+class GradingInputError(MixdistillError, ValueError):
     """Bad grading input; the message names the file, line and field."""
 
 
-from evaluation.equivalence import cheap_compare, math_verify_check, to_latex  # noqa: F401 (re-exported)
+from grading.equivalence import cheap_compare, math_verify_check, to_latex  # noqa: F401 (re-exported)
 
 
 class _ItemDeadline(BaseException):
@@ -91,7 +92,7 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
 # Workers are plain `python -c` processes talking pickles over two pipes. multiprocessing's spawn
 # would re-import the caller's __main__ (breaking unguarded scripts and notebooks), and fork is
 # unsafe once torch or polars have started threads.
-_WORKER_CODE = ("import sys; from evaluation.grading import _worker_main; "
+_WORKER_CODE = ("import sys; from grading.grader import _worker_main; "
                 "_worker_main(int(sys.argv[1]), int(sys.argv[2]))")
 
 

@@ -1,9 +1,9 @@
-"""Answer extraction, reference variants and normalisation (evaluation/answers.py)."""
+"""Answer extraction, reference variants and normalisation (grading/extract.py, grading/answers.py)."""
 
 import pytest
 
-from evaluation.answers import extract_answer, normalize_answer, reference_variants
-from evaluation.grading import to_latex
+from grading.answers import extract_answer, normalize_answer, reference_variants
+from grading.grader import to_latex
 
 
 @pytest.mark.parametrize(

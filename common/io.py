@@ -1,4 +1,4 @@
-"""File helpers shared by the stages.
+"""File helpers shared by every package.
 
 Atomic outputs: a stage writes into a temporary sibling and renames it into place only when
 everything succeeded, so a failure never leaves half-written output behind.
@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from common.errors import MixdistillError
 
-class JsonlError(ValueError):
+
+class JsonlError(MixdistillError, ValueError):
     """A JSONL file that cannot be read or parsed.
 
     ``path`` is the file, ``lineno`` the 1-based line (None when the file itself cannot be read)
@@ -94,6 +96,11 @@ def atomic_dir(path: str | Path):
     """Yield a temp directory that replaces ``path`` on success and is removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Temp and set-aside folders of a run that was killed (DVC runs one stage at a time): left
+    # where DVC hashes, they would make every stage that depends on the parent folder look changed.
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
@@ -101,9 +108,20 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual modes
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    os.replace(tmp, path)
+    replace_dir(tmp, path)
+
+
+def replace_dir(staging: str | Path, target: str | Path) -> None:
+    """Swap ``staging`` into ``target``: the old one is moved aside first and removed only after
+    the new one is in place, so a crash in between leaves the old or the new, never neither."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
 @contextmanager
@@ -129,11 +147,3 @@ def write_json(path: str | Path, obj, atomic: bool = True) -> None:
             f.write(text)
     else:
         Path(path).write_text(text, encoding="utf-8")
-
-
-def remove_path(path: str | Path) -> None:
-    path = Path(path)
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()

@@ -4,26 +4,27 @@ Every backend takes chat conversations (lists of ``{"role", "content"}`` message
 per conversation, ``n`` :class:`Completion` objects in the order of the prompts. The backends:
 
 - :class:`TransformersEngine` — CPU default: batched, KV-cached, left-padded generation.
-- :class:`VLLMEngine` — offline ``vllm.LLM`` on GPUs, tensor and data parallel (vllm imported lazily).
-- :class:`~evaluation.http_engine.OpenAIEngine` — any OpenAI-compatible ``/v1/chat/completions``.
+- :class:`~generation.vllm.VLLMEngine` — offline ``vllm.LLM`` on GPUs, tensor and data parallel (vllm imported lazily).
+- :class:`~generation.http.OpenAIEngine` — any OpenAI-compatible ``/v1/chat/completions``.
 - :class:`FakeEngine` — canned, deterministic answers for tests.
 
-``make_engine({"kind": ..., ...})`` builds one from a params mapping.
+``generation.factory.make_engine({"kind": ..., ...})`` builds one from a params mapping.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
+
+from common.errors import MixdistillError
 
 Messages = list[dict]
 FINISH_REASONS = ("stop", "length")
 
 
-class EngineError(RuntimeError):
+class EngineError(MixdistillError, RuntimeError):
     """A backend failed in a way the caller should see (bad config, server refused, ...)."""
 
 
@@ -64,9 +65,6 @@ class Completion:
         if self.finish_reason not in FINISH_REASONS:
             raise ValueError(f"Completion.finish_reason: {self.finish_reason!r} not in {FINISH_REASONS}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @runtime_checkable
 class Engine(Protocol):
@@ -76,7 +74,7 @@ class Engine(Protocol):
         ...
 
 
-def _check_prompts(prompts: list[Messages]) -> None:
+def check_prompts(prompts: list[Messages]) -> None:
     for i, conv in enumerate(prompts):
         if not isinstance(conv, list) or not conv:
             raise EngineError(f"prompt {i}: expected a non-empty list of chat messages")
@@ -122,7 +120,7 @@ class FakeEngine:
         raise EngineError(f"FakeEngine: no canned response for user message {user[:80]!r}")
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[list[Completion]]:
-        _check_prompts(prompts)
+        check_prompts(prompts)
         out = []
         for conv in prompts:
             self.calls.append(conv)
@@ -216,7 +214,7 @@ class TransformersEngine:
         import torch
         from transformers import GenerationConfig
 
-        _check_prompts(prompts)
+        check_prompts(prompts)
         rendered = [self.render(conv) for conv in prompts]
         # One row per (prompt, sample); sorting by length keeps padding (wasted compute) small.
         rows = [(p, s) for p in range(len(prompts)) for s in range(sampling.n)]
@@ -264,140 +262,4 @@ class TransformersEngine:
         return Completion(text, finish, prompt_len, count)
 
 
-class VLLMEngine:
-    """Offline vLLM generation. ``tensor_parallel_size`` shards one model over GPUs;
-    ``data_parallel_size`` > 1 runs that many independent replicas in worker processes, each on its
-    own ``tensor_parallel_size`` GPUs, and splits every ``generate`` call between them."""
-
-    def __init__(self, model: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                 dtype: str = "auto", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False,
-                 tokenizer: str | None = None, enable_prefix_caching: bool = True):
-        if tensor_parallel_size < 1 or data_parallel_size < 1:
-            raise EngineError("vllm: tensor_parallel_size and data_parallel_size must be >= 1")
-        self.llm_kwargs = {"model": str(model), "tensor_parallel_size": tensor_parallel_size,
-                           "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
-                           "trust_remote_code": trust_remote_code,
-                           "enable_prefix_caching": enable_prefix_caching}
-        if max_model_len:
-            self.llm_kwargs["max_model_len"] = max_model_len
-        if tokenizer:
-            self.llm_kwargs["tokenizer"] = tokenizer
-        self.data_parallel_size = data_parallel_size
-        self._llm = None
-        self._pool = None
-
-    def _local_llm(self):
-        if self._llm is None:
-            try:
-                from vllm import LLM
-            except ImportError as exc:
-                raise EngineError("vllm is not installed: pip install 'mixdistill[gpu]'") from exc
-            self._llm = LLM(**self.llm_kwargs)
-        return self._llm
-
-    def _replica_pool(self):
-        if self._pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            # CUDA cannot be re-initialised in a forked child: replicas need fresh processes.
-            ctx = mp.get_context("spawn")
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            gpus = visible.split(",") if visible else [str(i) for i in range(_gpu_count())]
-            tp = self.llm_kwargs["tensor_parallel_size"]
-            if len(gpus) < tp * self.data_parallel_size:
-                raise EngineError(f"vllm: {self.data_parallel_size} replicas x {tp} GPUs need "
-                                  f"{tp * self.data_parallel_size} GPUs, found {len(gpus)}")
-            slots = ctx.Queue()
-            for r in range(self.data_parallel_size):
-                slots.put(",".join(gpus[r * tp:(r + 1) * tp]))
-            self._pool = ProcessPoolExecutor(self.data_parallel_size, mp_context=ctx,
-                                             initializer=_replica_init, initargs=(slots, self.llm_kwargs))
-        return self._pool
-
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[list[Completion]]:
-        _check_prompts(prompts)
-        if not prompts:
-            return []
-        params = asdict(sampling)
-        if self.data_parallel_size == 1:
-            return _vllm_generate(self._local_llm(), prompts, params)
-        shards = [prompts[i::self.data_parallel_size] for i in range(self.data_parallel_size)]
-        futures = [self._replica_pool().submit(_replica_generate, shard, params) for shard in shards]
-        parts = [f.result() for f in futures]
-        # Undo the round-robin split: prompt i went to shard i % dp at position i // dp.
-        return [parts[i % self.data_parallel_size][i // self.data_parallel_size] for i in range(len(prompts))]
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-_REPLICA_LLM = None
-
-
-def _replica_init(slots, llm_kwargs):
-    global _REPLICA_LLM
-    os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()   # before vllm touches CUDA
-    from vllm import LLM
-
-    _REPLICA_LLM = LLM(**llm_kwargs)
-
-
-def _replica_generate(prompts, params):
-    return _vllm_generate(_REPLICA_LLM, prompts, params)
-
-
-def _vllm_generate(llm, prompts: list[Messages], params: dict) -> list[list[Completion]]:
-    from vllm import SamplingParams
-
-    sp = SamplingParams(n=params["n"], temperature=params["temperature"], top_p=params["top_p"],
-                        max_tokens=params["max_tokens"], seed=params["seed"])
-    outputs = llm.chat(prompts, sp, use_tqdm=False)
-    result = []
-    for i, out in enumerate(outputs):
-        prompt_tokens = len(out.prompt_token_ids or [])
-        samples = []
-        for c in out.outputs:
-            if c.finish_reason not in FINISH_REASONS:
-                raise EngineError(f"vllm: prompt {i}: unexpected finish_reason {c.finish_reason!r}")
-            samples.append(Completion(c.text, c.finish_reason, prompt_tokens, len(c.token_ids)))
-        result.append(samples)
-    return result
-
-
 ENGINE_KINDS = ("transformers", "vllm", "openai", "fake")
-
-
-def make_engine(spec: dict) -> Engine:
-    """Build an engine from a params mapping: ``{"kind": "transformers", "model": "models/student",
-    "batch_size": 16}``, ``{"kind": "vllm", "model": ..., "tensor_parallel_size": 2}``,
-    ``{"kind": "openai", "base_url": ..., "model": ..., "api_key_env": "OPENAI_API_KEY"}`` or
-    ``{"kind": "fake", "responses": {...}}``."""
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise EngineError(f"engine spec {spec!r}: needs a 'kind' (one of {', '.join(ENGINE_KINDS)})")
-    kind, kwargs = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
-    try:
-        if kind == "transformers":
-            if "model" not in kwargs:
-                raise EngineError("engine.model: a transformers engine needs a model directory")
-            return TransformersEngine.from_pretrained(kwargs.pop("model"), **kwargs)
-        if kind == "vllm":
-            return VLLMEngine(**kwargs)
-        if kind == "openai":
-            from evaluation.http_engine import OpenAIEngine
-
-            return OpenAIEngine(**kwargs)
-        if kind == "fake":
-            return FakeEngine(**kwargs)
-    except TypeError as exc:
-        raise EngineError(f"engine '{kind}': {exc}") from exc
-    raise EngineError(f"engine.kind: '{kind}' must be one of {', '.join(ENGINE_KINDS)}")

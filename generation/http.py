@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from evaluation.engines import Completion, EngineError, Messages, SamplingConfig, _check_prompts
+from generation.engines import Completion, EngineError, Messages, SamplingConfig, check_prompts
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 STOP_REASONS = frozenset({"stop", "eos", "end_turn", "stop_sequence"})
@@ -64,7 +64,7 @@ class OpenAIEngine:
         return self._local.session
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig) -> list[list[Completion]]:
-        _check_prompts(prompts)
+        check_prompts(prompts)
         # One request per sample (n=1, seed+i) instead of n>1 in one request: many compatible
         # servers ignore n, and per-request usage gives each sample its exact token count.
         jobs = [(p, s) for p in range(len(prompts)) for s in range(sampling.n)]

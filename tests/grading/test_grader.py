@@ -1,4 +1,4 @@
-"""Equivalence decisions, worker timeouts, caching and grade_file (evaluation/grading.py)."""
+"""Equivalence decisions, worker timeouts, caching and grade_file (grading/grader.py)."""
 
 import json
 import signal
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from evaluation.grading import Grader, GradingInputError, Verdict, cheap_compare, grade_file
+from grading.grader import Grader, GradingInputError, Verdict, cheap_compare, grade_file
 
 
 @pytest.fixture(scope="module")

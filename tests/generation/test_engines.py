@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.engines import (Completion, EngineError, FakeEngine, SamplingConfig, TransformersEngine,
-                                VLLMEngine, make_engine)
-from evaluation.http_engine import OpenAIEngine
+from generation.engines import Completion, EngineError, FakeEngine, SamplingConfig, TransformersEngine
+from generation.factory import make_engine
+from generation.vllm import VLLMEngine
+from generation.http import OpenAIEngine
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from curation.io import JsonlError, iter_jsonl
+from common.io import JsonlError, iter_jsonl
 
 
 def write(tmp_path, data: bytes, name: str = "f.jsonl"):
@@ -116,3 +116,26 @@ def test_torn_tail_tolerance_covers_only_an_unterminated_last_line(tmp_path):
     assert list(iter_jsonl(path, tolerate_torn_tail=True)) == [(1, {"a": 1}), (2, {"a": 2})]
     err = _error(write(tmp_path, b'{"a": 1}\n[2]', "list.jsonl"), tolerate_torn_tail=True)
     assert (err.lineno, err.reason) == (2, "expected a JSON object, got list")
+
+
+def test_atomic_dir_removes_what_a_killed_run_left_and_keeps_the_old_output_until_the_new_is_done(tmp_path):
+    from common.io import atomic_dir
+
+    target = tmp_path / "curated" / "src"
+    target.mkdir(parents=True)
+    (target / "kept.parquet").write_text("old")
+    (tmp_path / "curated" / ".src.k1ll3d").mkdir()           # a kill -9 inside an earlier write
+    (tmp_path / "curated" / ".src.old-123").mkdir()          # a crash inside the swap
+    (tmp_path / "curated" / ".other.abc").mkdir()            # another output's: not ours to touch
+    try:
+        with atomic_dir(target) as out:
+            (out / "kept.parquet").write_text("new")
+            assert (target / "kept.parquet").read_text() == "old"
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert (target / "kept.parquet").read_text() == "old"
+    with atomic_dir(target) as out:
+        (out / "kept.parquet").write_text("new")
+    assert (target / "kept.parquet").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "curated").iterdir()) == [".other.abc", "src"]

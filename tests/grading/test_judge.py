@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from evaluation.answers import extract_answer, normalize_answer, reference_variants
-from evaluation.engines import FakeEngine
-from evaluation.judge import (JudgeGrader, VerdictCache, agreement, calibrate_on_champ, champ_annotations,
+from grading.answers import extract_answer, normalize_answer, reference_variants
+from generation.engines import FakeEngine
+from grading.judge import (JudgeGrader, VerdictCache, agreement, calibrate_on_champ, champ_annotations,
                               looks_like_injection, parse_verdict)
 
 
@@ -21,7 +21,7 @@ class RuleVerdict:
 
 
 class ExactGrader:
-    """Stand-in for evaluation.grading.Grader: the shared extractor plus normalised equality
+    """Stand-in for grading.grader.Grader: the shared extractor plus normalised equality
     (no math-verify workers), with the same context-manager interface."""
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 1):
@@ -219,7 +219,7 @@ def test_champ_annotations_bad_file(tmp_path):
 
 
 def test_real_rule_grader_then_judge():
-    from evaluation.grading import Grader
+    from grading.grader import Grader
 
     judge = judge_says({"x = 4": "VERDICT: CORRECT"})
     with Grader(timeout_s=5.0, workers=0) as grader:

@@ -1,0 +1,122 @@
+"""Where every artefact lives: the ``paths:`` section and the file names inside each folder.
+
+Stages, lineage and tests ask a :class:`Layout` for a path instead of spelling file names, so a
+name is written once. ``dvc.yaml`` templates the same ``paths:`` values into its deps and outs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# problems/
+TRAIN_PROBLEMS = "train.parquet"
+TEST_PROBLEMS = "test.parquet"
+SPLIT = "split.json"
+BENCHMARKS = "benchmarks"
+# curated/<source>/
+KEPT = "kept.parquet"
+REJECTED = "rejected.parquet"
+CURATE_REPORT = "report.json"
+LENGTHS_PLOT = "lengths.png"
+CONTRACT = "contract.json"
+# mixes/<mix>/
+MIX_ROWS = "rows.parquet"
+MANIFEST = "manifest.json"
+# checkpoints/<mix>/ (and eval/base/ for the untrained student's run id)
+RUN_ID = "mlflow_run_id.txt"
+LINEAGE = "lineage.json"
+TRAIN_METRICS = "train_metrics.json"
+# eval/<model>/
+SAMPLES = "samples.jsonl"
+SAMPLES_META = "samples.meta.json"
+GRADED = "graded.jsonl"
+SCORES = "scores.json"
+JUDGE_AUDIT = "judge_audit.json"
+JUDGE_CACHE = "judge_cache.sqlite"
+# The untrained student, evaluated beside the checkpoints.
+BASE_MODEL = "base"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The ``paths:`` section of params.yaml."""
+    problems: str
+    traces: str
+    curated: str
+    mixes: str
+    student: str
+    checkpoints: str
+    eval: str
+    reports: str
+
+
+class Layout:
+    """Artefact paths of one project, from its ``paths:``."""
+
+    def __init__(self, paths: Paths):
+        self.paths = paths
+
+    # problems
+    @property
+    def problems(self) -> Path:
+        return Path(self.paths.problems)
+
+    def problem_split(self, split: str) -> Path:
+        return self.problems / (TRAIN_PROBLEMS if split == "train" else TEST_PROBLEMS)
+
+    def benchmark(self, name: str) -> Path:
+        return self.problems / BENCHMARKS / f"{name}.parquet"
+
+    # traces and curation
+    def traces(self, source: str) -> Path:
+        return Path(self.paths.traces) / f"{source}.parquet"
+
+    @property
+    def curated_root(self) -> Path:
+        return Path(self.paths.curated)
+
+    def curated(self, source: str) -> Path:
+        return self.curated_root / source
+
+    # mixes
+    def mix(self, name: str) -> Path:
+        return Path(self.paths.mixes) / name
+
+    def mix_metrics(self, name: str) -> Path:
+        return Path(self.paths.mixes) / f"{name}.metrics.json"
+
+    # models
+    @property
+    def student(self) -> Path:
+        return Path(self.paths.student)
+
+    def checkpoint(self, mix: str) -> Path:
+        return Path(self.paths.checkpoints) / mix
+
+    def train_work(self, mix: str) -> Path:
+        """Trainer checkpoints of an unfinished run, outside every DVC output."""
+        return Path(self.paths.checkpoints) / ".work" / mix
+
+    def train_metrics(self, mix: str) -> Path:
+        return Path(self.paths.checkpoints) / f"{mix}.{TRAIN_METRICS}"
+
+    def model(self, name: str) -> Path:
+        """The model evaluated as ``name``: the student for ``base``, else the mix's checkpoint."""
+        return self.student if name == BASE_MODEL else self.checkpoint(name)
+
+    def run_id_file(self, name: str) -> Path:
+        """Where a model's MLflow run id is kept: in its checkpoint (written by train), or beside
+        the base model's eval outputs (the student stage opens no run)."""
+        return self.eval(name) / RUN_ID if name == BASE_MODEL else self.checkpoint(name) / RUN_ID
+
+    # evaluation and report
+    @property
+    def eval_root(self) -> Path:
+        return Path(self.paths.eval)
+
+    def eval(self, model: str) -> Path:
+        return self.eval_root / model
+
+    @property
+    def reports(self) -> Path:
+        return Path(self.paths.reports)

@@ -1,0 +1,275 @@
+"""Typed params of the curation package: ``problems:``, ``sources:``, ``curate:``, ``groups:``
+and ``mix:``. Built by the params root (``pipelines/params.py``) with :func:`common.params.build`;
+errors name the key path, e.g. ``mix 'mix_long': shares sum to 1.2, expected 1.0``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from common.params import ParamsError, build, section
+from curation.schema import STYLES, TEACHER_SIZES
+from curation.templates import TEMPLATES
+
+SOURCE_KINDS = ("champ", "champ_human", "hf", "file", "generate")
+# Teacher generation (curation/teacher.py) knobs, validated here so parsing params never loads it.
+SELECT_MODES = ("shortest_correct", "first_correct", "all_correct", "all")
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
+
+
+@dataclass
+class ProblemsParams:
+    set: dict
+    test_fraction: float = 0.2
+    seed: int = 13
+
+    def __post_init__(self):
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ParamsError(f"problems.test_fraction: {self.test_fraction} must be in (0, 1)")
+        kind = self.set.get("kind")
+        if kind not in ("champ", "hf", "file"):
+            raise ParamsError(f"problems.set.kind: '{kind}' must be one of champ, hf, file")
+
+
+@dataclass
+class SourceParams:
+    name: str
+    kind: str
+    style: str
+    teacher_size: str
+    model: str | None = None           # champ: which CHAMP model
+    teacher: str | None = None         # hf/file: teacher name recorded on each trace
+    id: str | None = None              # hf dataset id
+    revision: str | None = None
+    split: str = "train"
+    path: str | None = None            # file source
+    format: str | None = None          # jsonl | json | parquet (default: from the suffix)
+    columns: dict = field(default_factory=dict)  # schema column -> input column
+    limit: int | None = None
+    # kind: generate (curation/teacher.py): a teacher engine answers the train problems
+    engine: dict | None = None         # make_engine spec: {kind: transformers|vllm|openai, model: ...}
+    template: str = "long_cot"         # long_cot | short_cot | custom text containing {problem}
+    sampling: dict = field(default_factory=dict)  # temperature, top_p, max_tokens, seed
+    n: int = 1                         # samples per problem
+    problem_split: str = "train"       # only train: the test split is held out for evaluation
+    select: str = "shortest_correct"   # shortest_correct | first_correct | all_correct | all
+    k: int | None = None               # kept per problem by shortest/first_correct (default 1)
+    max_problems: int | None = None    # first N train problems (null: all)
+    chunk_size: int = 16               # problems per crash-safe chunk file
+    work_dir: str = "data/generation"  # resumable samples, outside DVC outputs
+
+    def __post_init__(self):
+        where = f"sources.{self.name}"
+        if self.kind not in SOURCE_KINDS:
+            raise ParamsError(f"{where}.kind: '{self.kind}' must be one of {', '.join(SOURCE_KINDS)}")
+        if self.style not in STYLES:
+            raise ParamsError(f"{where}.style: '{self.style}' must be one of {', '.join(STYLES)}")
+        if self.teacher_size not in TEACHER_SIZES:
+            raise ParamsError(
+                f"{where}.teacher_size: '{self.teacher_size}' must be one of {', '.join(TEACHER_SIZES)}")
+        if self.kind == "champ" and not self.model:
+            raise ParamsError(f"{where}.model: a champ source needs the CHAMP model name (e.g. 'GPT-4')")
+        if self.kind == "hf" and not self.id:
+            raise ParamsError(f"{where}.id: an hf source needs a dataset id")
+        if self.kind == "file" and not self.path:
+            raise ParamsError(f"{where}.path: a file source needs a path")
+        if self.kind in ("hf", "file"):
+            for needed in ("problem", "response"):
+                if needed not in self.columns:
+                    raise ParamsError(
+                        f"{where}.columns: map '{needed}' to an input column (e.g. {{{needed}: ...}})")
+        if self.kind == "generate":
+            self._check_generate(where)
+
+    def _check_generate(self, where: str) -> None:
+        from generation.engines import ENGINE_KINDS, SamplingConfig
+
+        kind = self.engine.get("kind") if isinstance(self.engine, dict) else None
+        if kind not in ENGINE_KINDS:
+            raise ParamsError(f"{where}.engine: a generate source needs an engine mapping with kind one of "
+                              f"{', '.join(ENGINE_KINDS)} (e.g. {{kind: transformers, model: models/student}})")
+        if kind in ("transformers", "vllm", "openai") and not self.engine.get("model"):
+            raise ParamsError(f"{where}.engine.model: name the teacher (hub id or local directory; for "
+                              "openai the served model name)")
+        if kind == "openai" and not self.engine.get("base_url"):
+            raise ParamsError(f"{where}.engine.base_url: an openai engine needs the endpoint (http://host:8000/v1)")
+        if not isinstance(self.template, str) or (self.template not in TEMPLATES and "{problem}" not in self.template):
+            raise ParamsError(f"{where}.template: {self.template!r} must be one of {', '.join(TEMPLATES)} "
+                              "or a custom text containing {problem}")
+        if not isinstance(self.sampling, dict):
+            raise ParamsError(f"{where}.sampling: expected a mapping of {', '.join(SAMPLING_KEYS)}")
+        if "n" in self.sampling:
+            raise ParamsError(f"{where}.sampling.n: set samples per problem with {where}.n")
+        unknown = sorted(set(self.sampling) - set(SAMPLING_KEYS))
+        if unknown:
+            raise ParamsError(f"{where}.sampling: unknown key(s) {unknown}; expected some of {list(SAMPLING_KEYS)}")
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise ParamsError(f"{where}.n: {self.n!r} must be a positive integer")
+        if self.n > 1 and self.sampling.get("temperature", 0.0) == 0:
+            raise ParamsError(f"{where}.n: {self.n} samples per problem need sampling.temperature > 0 "
+                              f"(greedy decoding gives {self.n} identical samples)")
+        try:
+            SamplingConfig(**self.sampling, n=self.n)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"{where}.{exc}") from exc
+        if self.problem_split != "train":
+            raise ParamsError(f"{where}.problem_split: '{self.problem_split}' must be train "
+                              "(the test split is held out for evaluation)")
+        if self.select not in SELECT_MODES:
+            raise ParamsError(f"{where}.select: '{self.select}' must be one of {', '.join(SELECT_MODES)}")
+        if self.k is not None:
+            if self.select not in ("shortest_correct", "first_correct"):
+                raise ParamsError(f"{where}.k: applies to shortest_correct and first_correct only "
+                                  f"({self.select} keeps every such sample)")
+            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 1 <= self.k <= self.n:
+                raise ParamsError(f"{where}.k: {self.k!r} must be an integer from 1 to n = {self.n}")
+        for key in ("max_problems", "chunk_size"):
+            value = getattr(self, key)
+            if (value is not None or key == "chunk_size") and (
+                    not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ParamsError(f"{where}.{key}: {value!r} must be a positive integer")
+
+
+@dataclass
+class CorrectnessParams:
+    enabled: bool = True
+    timeout_s: float = 5.0
+    workers: int = 2
+
+
+@dataclass
+class QualityParams:
+    max_ngram_repeat_fraction: float = 0.3
+    min_distinct_token_fraction: float = 0.1
+    min_english_fraction: float = 0.6
+
+
+@dataclass
+class DedupParams:
+    near_threshold: float = 0.85
+    num_perm: int = 128
+    shingle: int = 5
+
+
+@dataclass
+class DecontamParams:
+    ngram: int = 13
+    benchmarks: list = field(default_factory=list)
+
+
+@dataclass
+class ContractParams:
+    min_kept_fraction: float = 0.05
+    max_reason_share: float = 0.95
+
+
+@dataclass
+class CurateParams:
+    min_tokens: int
+    max_tokens: int
+    cutoff_len: int
+    over_cutoff: str = "reject"
+    correctness: CorrectnessParams = field(default_factory=CorrectnessParams)
+    quality: QualityParams = field(default_factory=QualityParams)
+    dedup: DedupParams = field(default_factory=DedupParams)
+    decontam: DecontamParams = field(default_factory=DecontamParams)
+    contract: ContractParams = field(default_factory=ContractParams)
+
+    def __post_init__(self):
+        if self.over_cutoff not in ("reject", "flag"):
+            raise ParamsError(f"curate.over_cutoff: '{self.over_cutoff}' must be reject or flag")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ParamsError(
+                f"curate: min_tokens {self.min_tokens} must be <= max_tokens {self.max_tokens}")
+        if self.cutoff_len <= 0:
+            raise ParamsError(f"curate.cutoff_len: {self.cutoff_len} must be positive")
+        if not 0.0 < self.dedup.near_threshold <= 1.0:
+            raise ParamsError(f"curate.dedup.near_threshold: {self.dedup.near_threshold} must be in (0, 1]")
+
+
+@dataclass
+class MixParams:
+    name: str
+    components: dict[str, float]       # source or group name -> share of the final mix
+    size: int | None = None            # examples in the mix
+    token_budget: int | None = None    # or: student tokens in the mix
+    oversample: bool = False
+
+
+@dataclass
+class MixSection:
+    seed: int
+    mixes: dict[str, MixParams]
+
+
+def parse_problems(params: dict) -> ProblemsParams:
+    return build(ProblemsParams, section(params, "problems"), "problems")
+
+
+def parse_sources(params: dict) -> dict[str, SourceParams]:
+    raw = section(params, "sources")
+    if not raw:
+        raise ParamsError("sources: at least one source is needed")
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ParamsError(f"sources.{name}: expected a mapping")
+        out[name] = build(SourceParams, {"name": name, **spec}, f"sources.{name}")
+    return out
+
+
+def parse_curate(params: dict, benchmarks: dict) -> CurateParams:
+    cur = build(CurateParams, section(params, "curate"), "curate")
+    for b in cur.decontam.benchmarks:
+        if b not in benchmarks:
+            raise ParamsError(f"curate.decontam.benchmarks: '{b}' is not a benchmark under eval.benchmarks "
+                              f"(known: {sorted(benchmarks)})")
+    return cur
+
+
+def parse_groups(params: dict, sources: dict[str, SourceParams]) -> dict[str, list[str]]:
+    groups = params.get("groups") or {}
+    for name, members in groups.items():
+        if name in sources:
+            raise ParamsError(f"groups.{name}: a group may not share its name with a source")
+        if not isinstance(members, list) or not members:
+            raise ParamsError(f"groups.{name}: expected a non-empty list of source names")
+        for m in members:
+            if m not in sources:
+                raise ParamsError(f"groups.{name}: unknown source '{m}' (known: {sorted(sources)})")
+    return groups
+
+
+def parse_mix(params: dict, sources: dict[str, SourceParams], groups: dict[str, list[str]]) -> MixSection:
+    raw = section(params, "mix")
+    mixes = {}
+    for name, spec in (raw.get("mixes") or {}).items():
+        if not isinstance(spec, dict):
+            raise ParamsError(f"mix '{name}': expected a mapping")
+        m = build(MixParams, {"name": name, **spec}, f"mix '{name}'")
+        if not m.components:
+            raise ParamsError(f"mix '{name}': no components")
+        for comp, share in m.components.items():
+            if comp not in sources and comp not in groups:
+                raise ParamsError(f"mix '{name}': unknown source or group '{comp}' "
+                                  f"(sources: {sorted(sources)}; groups: {sorted(groups)})")
+            if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
+                raise ParamsError(f"mix '{name}': share of '{comp}' is {share!r}, expected a number > 0")
+        total = sum(m.components.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ParamsError(f"mix '{name}': shares sum to {total:g}, expected 1.0")
+        if (m.size is None) == (m.token_budget is None):
+            raise ParamsError(f"mix '{name}': set exactly one of size (examples) or token_budget (tokens)")
+        if m.size is not None and (not isinstance(m.size, int) or m.size <= 0):
+            raise ParamsError(f"mix '{name}': size {m.size!r} must be a positive integer")
+        if m.token_budget is not None and (not isinstance(m.token_budget, int) or m.token_budget <= 0):
+            raise ParamsError(f"mix '{name}': token_budget {m.token_budget!r} must be a positive integer")
+        mixes[name] = m
+    if not mixes:
+        raise ParamsError("mix.mixes: at least one mix is needed")
+    return MixSection(seed=int(raw.get("seed", 0)), mixes=mixes)
+
+
+def members(component: str, groups: dict[str, list[str]]) -> list[str]:
+    """Sources behind a mix component (a group name or a single source name)."""
+    return list(groups.get(component, [component]))

@@ -1,0 +1,74 @@
+"""The curation suite as params configure it: components, one run over a source, its plot.
+
+The ``curate@SOURCE`` stage calls :func:`curate_frame` and :func:`plot_lengths`; the benchmark
+script does too, so both measure the same suite.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from common.prompt import build_prompt
+from curation.checks import LengthCheck, default_checks
+from curation.decontam import Decontaminator
+from curation.dedup import duplicate_reasons
+from curation.errors import SourceError
+from curation.runner import CurationResult, add_token_counts, run_curation
+from grading.grader import Grader
+
+
+def build_components(cur, benchmarks_dir: Path):
+    """The check suite configured by the ``curate`` params section."""
+    row_checks = default_checks(cur)
+    length = next(c for c in row_checks if isinstance(c, LengthCheck))
+    flaggers = [lambda f: {"over_cutoff": length.flags(f)}]
+    grader = Grader(timeout_s=cur.correctness.timeout_s, workers=cur.correctness.workers) \
+        if cur.correctness.enabled else None
+    bench_texts = {}
+    for name in cur.decontam.benchmarks:
+        path = benchmarks_dir / f"{name}.parquet"
+        if not path.exists():
+            raise SourceError(f"{path}: benchmark '{name}' for decontamination not found; run the problems stage")
+        bench_texts[name] = pl.read_parquet(path)["problem"].to_list()
+    decontaminator = Decontaminator(bench_texts, ngram=cur.decontam.ngram) if bench_texts else None
+
+    def dedup(frame, prefer):
+        return duplicate_reasons(frame, prefer, near_threshold=cur.dedup.near_threshold,
+                                 num_perm=cur.dedup.num_perm, shingle=cur.dedup.shingle)
+
+    return row_checks, grader, decontaminator, dedup, flaggers
+
+
+def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path) -> CurationResult:
+    """Token counts, then every configured check; the Grader's workers are closed afterwards."""
+    frame = add_token_counts(traces, tokenizer, build_prompt, cutoff_len=cur.cutoff_len)
+    row_checks, grader, decontaminator, dedup, flaggers = build_components(cur, benchmarks_dir)
+    try:
+        return run_curation(frame, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
+                            dedup=dedup, flaggers=flaggers)
+    finally:
+        if grader is not None:
+            grader.close()
+
+
+def plot_lengths(result, cur, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kept = result.kept["sequence_tokens"].to_list()
+    rej = result.rejected["sequence_tokens"].to_list()
+    hi = max(kept + rej + [cur.cutoff_len]) if (kept or rej) else cur.cutoff_len
+    bins = [hi * i / 40 for i in range(41)]
+    ax.hist([kept, rej], bins=bins, stacked=True, label=["kept", "rejected"], color=["#3b7", "#c54"])
+    ax.axvline(cur.cutoff_len, color="k", ls="--", label=f"cutoff {cur.cutoff_len}")
+    ax.set_xlabel("student tokens (chat-templated example)")
+    ax.set_ylabel("traces")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,87 @@
+"""Engine specs as records: what may be written down, what identifies a model, which library ran.
+
+A teacher source records its engine in every trace's provenance and hashes it into its sample
+store's fingerprint; these helpers decide what of a spec is safe to record (no credentials) and
+what of it changes the samples (not concurrency or timeouts).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from common.digests import model_digest
+from generation.engines import EngineError
+
+# Engine-spec keys that change how fast or where samples are made, not what they are: left out
+# of the config hash so that retuning them after a crash keeps the samples already made.
+EXECUTION_ONLY_KEYS = frozenset({
+    "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
+    "threads", "device", "data_parallel_size", "gpu_memory_utilization", "enable_prefix_caching",
+    "latency_s",
+})
+# Spec keys that may hold a credential (api_key, hf_token, Authorization, ...), matched as whole
+# "_"-separated words so that max_tokens or tokenizer stay; a key ending in _env names a variable.
+SECRET_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|password|passwd|authorization|bearer|cookie|"
+                        r"credentials?)($|_)", re.I)
+LIBRARY = {"transformers": ("transformers", "transformers"), "vllm": ("vllm", "vllm"),
+           "openai": ("openai-compatible", "requests"), "fake": ("fake", "mixdistill")}
+
+
+
+
+def public_spec(spec):
+    """An engine spec safe to record: credential-like keys dropped, URLs without userinfo or query."""
+    if isinstance(spec, dict):
+        return {k: public_spec(v) for k, v in spec.items()
+                if not (SECRET_KEY.search(str(k)) and not str(k).endswith("_env"))}
+    if isinstance(spec, list):
+        return [public_spec(v) for v in spec]
+    if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+        parts = urlsplit(spec)                     # keep scheme://host:port/path; no user:pass@, no ?key=
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    return spec
+
+
+def resolve_model(spec: dict, cache_file: Path | None = None) -> tuple[dict, str, str | None]:
+    """(spec for ``make_engine``, teacher model id, revision).
+
+    A local directory's revision is its content digest; a hub id is downloaded once with
+    ``huggingface_hub.snapshot_download`` (pinned by ``engine.revision`` if given) and its revision
+    is the commit that was fetched; an OpenAI-compatible endpoint is known by its model name only."""
+    spec = dict(spec)
+    kind = spec["kind"]
+    if kind == "openai":
+        return spec, str(spec.get("model")), None
+    if kind == "fake":
+        return spec, str(spec.get("model", "fake")), None
+    model = spec.get("model")
+    if not model:
+        raise EngineError("engine.model: name the teacher (a hub id or a local directory)")
+    revision = spec.pop("revision", None)
+    if Path(model).is_dir():
+        if revision:
+            raise EngineError(f"engine.revision: '{revision}' pins a hub id, but '{model}' is a local directory")
+        try:
+            return spec, str(model), "sha256:" + model_digest(Path(model), cache_file)
+        except FileNotFoundError as exc:
+            raise EngineError(f"engine.model: {exc}") from exc
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(str(model), revision=revision)
+    except Exception as exc:  # hub errors come in many types; all mean "cannot get this model"
+        raise EngineError(f"engine.model: '{model}' is not a local directory and could not be fetched "
+                          f"from the hub: {type(exc).__name__}: {exc}") from exc
+    spec["model"] = str(local)
+    return spec, str(model), Path(local).name   # snapshots/<commit>
+
+
+def engine_versions(kind: str) -> tuple[str, str]:
+    """(engine name, "library version") for provenance."""
+    name, library = LIBRARY.get(kind, (kind, "mixdistill"))
+    try:
+        return name, f"{library} {importlib.metadata.version(library)}"
+    except importlib.metadata.PackageNotFoundError:
+        return name, f"{library} (not installed)"
