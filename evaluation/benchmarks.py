@@ -23,7 +23,7 @@ import polars as pl
 
 from common.errors import MixdistillError
 from common.io import JsonlError, iter_jsonl
-from grading.extract import last_boxed
+from grading.boxes import last_boxed
 
 BENCHMARK_COLUMNS = ("problem_id", "problem", "reference_answer", "benchmark")
 

@@ -16,7 +16,8 @@ from functools import lru_cache
 
 from grading.extract import (_ALT_SPLIT_RE, _INFINITE_RE, _NEGATION_RE, _NUMBER_WORDS, _VAR_RE, _YES_NO_RE,
                              _math_run, _protect_math, _restore, _sentence_answer, _split_top, _tidy_run,
-                             extract_answer, last_boxed)
+                             extract_answer)
+from grading.boxes import last_boxed
 
 __all__ = ["extract_answer", "reference_variants", "normalize_answer"]
 

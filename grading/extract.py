@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed"]
+from grading.boxes import final_boxes, last_boxed
+
+__all__ = ["extract_answer", "find_answer", "last_boxed"]
 
 # ----------------------------------------------------------------------------- shared patterns
 
@@ -72,23 +74,6 @@ def _restore(text: str, spans: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- boxed & markers
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...} (nested braces) or "\\boxed 5"."""
-    for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\b\s*", text))):
-        inner, depth = None, 0
-        if text[m.end():m.end() + 1] == "{":
-            for i in range(m.end(), len(text)):
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                if depth == 0:
-                    inner = text[m.end() + 1:i]
-                    break
-        else:  # "\boxed 5": the argument is the next token
-            inner = re.match(r"[^\s$]*", text[m.end():]).group(0)
-        if inner and inner.strip():
-            return inner.strip()
-    return None
-
 
 # "Final Answer: X", "**Answer:** X" and "#### X" head a line that is the answer (strong); "the
 # answer is X" sits in prose, where only a maths run or yes/no after it counts.
@@ -243,7 +228,8 @@ def _sentence_answer(sentence: str, reference_mode: bool = False, final: bool = 
     `final` marks the last sentence of a response, which may state a result without "so"/"thus".
     """
     decisive = reference_mode or final or bool(_CONCLUDE_RE.search(sentence))
-    body = _LEAD_CONNECTIVE_RE.sub("", sentence.strip().lstrip("-*• ").replace("**", ""))
+    # A list bullet is a marker followed by a space; "-5" keeps its sign.
+    body = _LEAD_CONNECTIVE_RE.sub("", _BULLET_RE.sub("", sentence.strip()).replace("**", ""))
     body = re.sub(r"\bnegative infinity\b", "-infinity", body, flags=re.I)
     body = re.sub(r"\b(at least|at most|exactly|only)\s+(\w+)\b",
                   lambda m: f"{m.group(1)} {_NUMBER_WORDS.get(m.group(2).lower(), m.group(2))}", body, flags=re.I)
@@ -330,22 +316,53 @@ def _concluding_answer(text: str, max_back: int = 6) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a response, or None when nothing answer-like is found.
+_BULLET_RE = re.compile(r"^(?:[-*•]\s+)+")
+# A whole response that is one short expression ("-5", "\\mathrm{E}", "f'", "$x^2+1$") is its answer.
+_WRAP_RE = re.compile(r"^\s*(?:\$\$(.+)\$\$|\$(.+)\$|\\\((.+)\\\)|\\\[(.+)\\\])\s*\.?\s*$", re.S)
+_LATEX_WORD_RE = re.compile(r"\\(?:begin|end)\s*\{\w+\*?\}|\\[A-Za-z]+|\\text\w*\s*\{[^{}]*\}|\\math\w+\s*\{[^{}]*\}")
+_PLAIN_MATH_WORDS = re.compile(r"\b(?:sqrt|sin|cos|tan|sec|csc|cot|log|ln|exp|pi|inf|infinity|and|or)\b", re.I)
 
-    Priority: last ``\\boxed{}``/``\\fbox{}``; then the last explicit marker ("the final answer is",
-    "Final Answer:", "**Answer:**", "#### 18"); then the concluding sentence near the end.
+
+def _bare_answer(text: str) -> str | None:
+    s = text.strip()
+    if not s or len(s) > 120 or "\n" in s.strip():
+        return None
+    m = _WRAP_RE.match(s)
+    inner = next((g for g in m.groups() if g is not None), s).strip() if m else s.rstrip(".").strip()
+    if "$" in inner or not inner or re.search(r"\\(?:boxed|fbox)\b", inner):
+        return None                      # prose with maths in it, or an empty box: not one expression
+    words = _PLAIN_MATH_WORDS.sub("", _LATEX_WORD_RE.sub("", inner))
+    if re.search(r"[^\W\d_]{3,}", words) or re.search(r"[.!?]\s+\S", inner):
+        return None                      # English words or several sentences: leave it to the heuristics
+    return inner
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a response, or None when nothing answer-like is found (see
+    :func:`find_answer`, which also says how it was found)."""
+    return find_answer(text)[0]
+
+
+def find_answer(text: str) -> tuple[str | None, str | None]:
+    """``(answer, how)``: how is "boxed", "marker", "bare" or "sentence" (None when no answer).
+
+    Priority: the ``\\boxed{}``/``\\fbox{}`` answer (the last one, or all distinct ones of the last
+    paragraph joined as a list); then the last explicit marker ("the final answer is", "Final
+    Answer:", "**Answer:**", "#### 18"); then a response that is one short expression; then the
+    concluding sentence near the end.
     """
     if not isinstance(text, str) or not text.strip():
-        return None
+        return None, None
     text = text.replace("`", "")  # markdown code spans: "Final Answer: `x = 3`"
     boxed = last_boxed(text)
     if boxed:
-        return boxed
-    marked = _marker_answer(text)
-    if marked:
-        return marked
-    return _concluding_answer(text)
+        boxes = list(dict.fromkeys(final_boxes(text)))
+        return (", ".join(boxes) if len(boxes) > 1 and boxes[-1] == boxed else boxed), "boxed"
+    for how, find in (("marker", _marker_answer), ("bare", _bare_answer), ("sentence", _concluding_answer)):
+        found = find(text)
+        if found:
+            return found, how
+    return None, None
 
 
 # ----------------------------------------------------------------------------- references

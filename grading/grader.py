@@ -1,8 +1,8 @@
-"""Equivalence decisions and batch grading of model answers against references.
+"""Batch grading of model answers against references.
 
-Cheapest first: exact, then normalised strings, then values (exact rationals; expressions probed
-at integer points), yes/no and text. That settles most pairs in microseconds. Only pairs it cannot
-settle go to math-verify (``parse`` + ``verify``, reference as gold), in worker *processes*:
+A fast path settles what strings settle exactly (equal or normalised-equal strings; two
+different plain numerals; yes against no: see :func:`grading.equivalence.fast_verdict`). Every
+other pair goes to math-verify (``parse`` + ``verify``, reference as gold), in worker *processes*:
 math-verify's ``signal.alarm`` timeouts do not work in threads and some inputs hang past them in
 C code (Math-Verify issue #65), so each pair has a soft deadline in the worker and a hard one
 enforced by the parent, which kills and replaces an overrunning worker; that pair is graded
@@ -30,11 +30,16 @@ from typing import Callable
 
 from common.errors import MixdistillError
 from common.io import JsonlError, iter_jsonl
-from grading.answers import extract_answer, reference_variants
+from grading.answers import reference_variants
+from grading.extract import find_answer
 
-__all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "math_verify_check", "to_latex"]
+__all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "fast_verdict", "math_verify_check", "to_latex"]
 
-METHODS = ("exact", "normalized", "math_verify", "no_answer", "timeout", "error", "mismatch")
+METHODS = ("exact", "normalized", "math_verify", "no_answer", "timeout", "error", "mismatch", "unequal")
+# The end of a response that math-verify's own extraction reads when the prose heuristics found
+# the answer (or none): enough for a final displayed matrix or sentence, not a whole solution.
+TAIL_CHARS = 600
+PERCENT_RULES = ("value_or_figure", "value")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class GradingInputError(MixdistillError, ValueError):
     """Bad grading input; the message names the file, line and field."""
 
 
-from grading.equivalence import cheap_compare, math_verify_check, to_latex  # noqa: F401 (re-exported)
+from grading.equivalence import fast_verdict, math_verify_check, to_latex  # noqa: F401 (re-exported)
 
 
 class _ItemDeadline(BaseException):
@@ -75,18 +80,18 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
             return
         if chunk is None:
             return
-        for job_id, answer, variants in chunk:
+        for job_id, answer, variants, tail in chunk:
             try:
                 try:
                     signal.setitimer(signal.ITIMER_REAL, timeout_s)
-                    result = checker(answer, variants, None)
+                    result = checker(answer, variants, None, tail)
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except _ItemDeadline:
                 result = (False, "timeout")
             except Exception:  # noqa: BLE001 - one bad pair must not stop the batch
                 result = (False, "error")
-            conn_out.send((job_id, bool(result[0]), str(result[1])))
+            conn_out.send((job_id, bool(result[0]), str(result[1]), result[2] if len(result) > 2 else None))
 
 
 # Workers are plain `python -c` processes talking pickles over two pipes. multiprocessing's spawn
@@ -146,7 +151,7 @@ class _WorkerPool:
         slot.kill()
         self.slots[self.slots.index(slot)] = self._spawn()
 
-    def run(self, jobs: list[tuple[int, str, tuple[str, ...]]]) -> dict[int, tuple[bool, str]]:
+    def run(self, jobs: list[tuple[int, str | None, tuple[str, ...], str | None]]) -> dict[int, tuple[bool, str]]:
         results: dict[int, tuple[bool, str]] = {}
         pending = deque(jobs)
         while len(self.slots) < min(self.workers, len(jobs)):
@@ -185,7 +190,7 @@ class _WorkerPool:
                 if msg == ("ready",):
                     slot.ready = True
                     continue
-                results[msg[0]] = (msg[1], msg[2])
+                results[msg[0]] = msg[1:]
                 slot.pos += 1
                 slot.item_started = time.monotonic()
                 if slot.pos >= len(slot.chunk):
@@ -225,13 +230,19 @@ class _WorkerPool:
 class Grader:
     """Grades answers against references; a context manager owning its worker processes.
 
-    `timeout_s` is the budget of one (answer, reference) pair in math-verify. `workers=0` runs
+    `timeout_s` is the budget of one (answer, reference) pair in math-verify. `percent` is a house
+    rule: "value_or_figure" (default) lets "35.7%" answer both 0.357 and 35.7 (a reference that
+    states the percent figure without the sign); "value" accepts only 0.357. `workers=0` runs
     math-verify inline with its own ``signal.alarm`` timeouts (tests, debugging). `checker` swaps
     the math-verify step for another picklable function with the signature of
     `math_verify_check` (used by the tests to simulate a hanging input).
     """
 
-    def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None):
+    def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
+                 percent: str = "value_or_figure"):
+        if percent not in PERCENT_RULES:
+            raise ValueError(f"percent must be one of {', '.join(PERCENT_RULES)}, got {percent!r}")
+        self.percent = percent
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if not isinstance(workers, int) or workers < 0:
@@ -255,10 +266,17 @@ class Grader:
             self._pool = None
 
     def grade_many(self, responses: list[str], references: list) -> list[Verdict]:
-        """Extract each response's final answer, then grade it (see `grade_answers`)."""
+        """Find each response's final answer, then grade it. Where nothing was found, or the
+        prose heuristics found an answer beside a LaTeX environment they cannot read (a matrix),
+        math-verify also reads the response's end itself (only when the extracted answer was not
+        shown equal). Not for plain prose: there it would read any number near the end."""
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
-        return self.grade_answers([extract_answer(r) for r in responses], references)
+        found = [find_answer(r) for r in responses]
+        tails = [r[-TAIL_CHARS:] if isinstance(r, str) and r.strip() and (
+                     how is None or (how == "sentence" and "\\begin{" in r[-TAIL_CHARS:])) else None
+                 for r, (_, how) in zip(responses, found)]
+        return self._grade([a for a, _ in found], references, tails)
 
     def grade_answers(self, answers: list[str | None], references: list) -> list[Verdict]:
         """Grade already-extracted answers; order is kept, None answers are "no_answer"."""
@@ -267,33 +285,44 @@ class Grader:
         for i, answer in enumerate(answers):
             if answer is not None and not isinstance(answer, str):
                 raise TypeError(f"answers[{i}] must be a string or None, got {type(answer).__name__}")
-        keys = [None if a is None else (a, _ref_key(r)) for a, r in zip(answers, references)]
-        undecided: dict[tuple[str, str], tuple[str, ...]] = {}
+        return self._grade(answers, references, [None] * len(answers))
+
+    def _grade(self, answers: list[str | None], references: list, tails: list[str | None]) -> list[Verdict]:
+        keys = [None if a is None and t is None else (a, _ref_key(r), t)
+                for a, r, t in zip(answers, references, tails)]
+        undecided: dict[tuple, tuple[str, ...]] = {}
         self.stats["pairs"] += len(keys)
         for key, reference in zip(keys, references):
             if key is None or key in self._cache or key in undecided:
                 self.stats["cached"] += key is not None
                 continue
-            variants = reference_variants(reference)
-            outcomes = [cheap_compare(key[0], variant) for variant in variants]
-            open_variants = tuple(v for v, o in zip(variants, outcomes) if o is None)
-            # variants are equivalent forms of one answer, so a value proven different from one of
-            # them ("unequal") differs from all; a textual "mismatch" only rules out that variant
-            settled = next(((True, m) for m in ("exact", "normalized") if m in outcomes), None)
-            if settled is None and ("unequal" in outcomes or not open_variants):
-                settled = (False, "mismatch")
-            if settled is not None:
+            variants = tuple(reference_variants(reference))
+            if self.percent == "value_or_figure" and key[0] is not None:
+                # the percent figure with or without its sign: "28" answers "28%" and back
+                variants += (tuple(v + "\\%" for v in variants if "%" not in v) if "%" in key[0] else
+                             tuple(v.replace("\\%", "").replace("%", "") for v in variants if "%" in v))
+            settled = fast_verdict(key[0], variants) if key[0] is not None else None
+            if settled is not None and (settled[0] or key[2] is None):
                 self._cache[key] = settled
                 self.stats["cheap"] += 1
             else:
-                undecided[key] = open_variants
+                undecided[key] = variants
         self.stats["math_verify"] += len(undecided)
         if undecided:
             self._cache.update(self._math_verify(undecided))
-        return [Verdict(None, False, "no_answer") if key is None else Verdict(key[0], *self._cache[key])
-                for key in keys]
+        verdicts = []
+        for key in keys:
+            if key is None:
+                verdicts.append(Verdict(None, False, "no_answer"))
+                continue
+            correct, method, *read = self._cache[key]
+            if key[0] is None and not correct:
+                method = "no_answer"          # math-verify found nothing in the tail either
+            # shown equal from what math-verify itself read in the tail: that is the answer
+            verdicts.append(Verdict(read[0] if read and read[0] else key[0], correct, method))
+        return verdicts
 
-    def _math_verify(self, undecided: dict[tuple[str, str], tuple[str, ...]]) -> dict:
+    def _math_verify(self, undecided: dict[tuple, tuple[str, ...]]) -> dict:
         items = list(undecided.items())
         if self.workers == 0:
             # math-verify's own alarm needs the main thread; elsewhere it must run without one
@@ -302,13 +331,13 @@ class Grader:
             out = {}
             for key, variants in items:
                 try:
-                    out[key] = self.checker(key[0], variants, limit)
+                    out[key] = self.checker(key[0], variants, limit, key[2])
                 except Exception:  # noqa: BLE001
                     out[key] = (False, "error")
             return out
         if self._pool is None:
             self._pool = _WorkerPool(self.workers, self.checker, self.timeout_s)
-        results = self._pool.run([(i, key[0], variants) for i, (key, variants) in enumerate(items)])
+        results = self._pool.run([(i, key[0], variants, key[2]) for i, (key, variants) in enumerate(items)])
         return {key: results[i] for i, (key, _) in enumerate(items)}
 
 
@@ -353,6 +382,12 @@ def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
     rename) only when grading succeeded. Returns {n, correct, accuracy, by_method}.
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    if out_path.is_dir():
+        raise GradingInputError(f"{out_path}: is a folder; name the output file (e.g. {out_path / 'graded.jsonl'})")
+    if not out_path.parent.is_dir():
+        raise GradingInputError(f"{out_path}: folder {out_path.parent} does not exist")
+    if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
+        raise GradingInputError(f"{out_path}: is the input file; write the graded lines elsewhere")
     rows = _read_rows(in_path, response_field, reference_field)
     with Grader(timeout_s=timeout_s, workers=workers) as grader:
         verdicts = grader.grade_many([r[response_field] for r in rows], [r[reference_field] for r in rows])
