@@ -73,6 +73,7 @@ def to_latex(expr: str) -> str:
     # "6 \text{ and } 8", "p=5 \quad \text{and} \quad p=7", "19, 46, and 82": one list
     s = re.sub(r"(?:\s*\\q?quad)*\s*\\text\s*\{\s*(?:and|or)\s*\}(?:\s*\\q?quad)*\s*", ", ", s)
     s = re.sub(r",?\s+(?:and|or)\s+", ", ", s)
+    s = re.sub(r"\s*;\s*", ", ", s)                              # "p=5,q=2; p=7,q=2": one list
     s = s.replace("**", "^")                                      # Python's power
     s = re.sub(r"(?<![\d.])(\d+)\s+(\d+)/(\d+)(?![\d.])", r"\1\\frac{\2}{\3}", s)   # "1 1/2"
     s = re.sub(r"(\d+(?:\.\d+)?)\s*\\?%", r"\1/100", s)  # "%" starts a LaTeX comment

@@ -15,31 +15,32 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections import Counter, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Callable
 
 from common.errors import MixdistillError
-from common.io import JsonlError, iter_jsonl
 from grading.answers import reference_variants
 from grading.extract import find_answer
 
-__all__ = ["Verdict", "Grader", "GradingInputError", "grade_file", "fast_verdict", "math_verify_check", "to_latex"]
+__all__ = ["Verdict", "Grader", "GradingInputError", "fast_verdict", "math_verify_check", "to_latex"]
 
 METHODS = ("exact", "normalized", "math_verify", "no_answer", "timeout", "error", "mismatch", "unequal")
 # The end of a response that math-verify's own extraction reads when the prose heuristics found
 # the answer (or none): enough for a final displayed matrix or sentence, not a whole solution.
 TAIL_CHARS = 600
 PERCENT_RULES = ("value_or_figure", "value")
+# Chinese / Japanese / Korean prose: the sentence heuristics know English only, so what they
+# return from it is no answer, and math-verify reads the response itself.
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 @dataclass(frozen=True)
@@ -267,15 +268,16 @@ class Grader:
 
     def grade_many(self, responses: list[str], references: list) -> list[Verdict]:
         """Find each response's final answer, then grade it. Where nothing was found, or the
-        prose heuristics found an answer beside a LaTeX environment they cannot read (a matrix),
+        prose heuristics found an answer beside a LaTeX environment they cannot read (a matrix)
+        or in a language they do not read,
         math-verify also reads the response's end itself (only when the extracted answer was not
         shown equal). Not for plain prose: there it would read any number near the end."""
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         found = [find_answer(r) for r in responses]
         tails = [r[-TAIL_CHARS:] if isinstance(r, str) and r.strip() and (
-                     how is None or (how == "sentence" and "\\begin{" in r[-TAIL_CHARS:])) else None
-                 for r, (_, how) in zip(responses, found)]
+                     how is None or (how == "sentence" and ("\\begin{" in r[-TAIL_CHARS:] or _CJK_RE.search(a))))
+                 else None for r, (a, how) in zip(responses, found)]
         return self._grade([a for a, _ in found], references, tails)
 
     def grade_answers(self, answers: list[str | None], references: list) -> list[Verdict]:
@@ -343,66 +345,3 @@ class Grader:
 
 def _ref_key(reference) -> str:
     return reference if isinstance(reference, str) else json.dumps(reference)
-
-
-# ----------------------------------------------------------------------------- files
-
-def _check_fields(row: dict, where: str, response_field: str, reference_field: str) -> None:
-    for field, ok, expected in (
-        (response_field, lambda v: isinstance(v, str), "a string"),
-        (reference_field, lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)
-         or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
-         "a string, a number or a list of strings"),
-    ):
-        if field not in row:
-            raise GradingInputError(f"{where}: field '{field}' is missing")
-        if not ok(row[field]):
-            raise GradingInputError(f"{where}: field '{field}' must be {expected}, got {type(row[field]).__name__}")
-
-
-def _read_rows(path: Path, response_field: str, reference_field: str) -> list[dict]:
-    rows = []
-    try:
-        for lineno, row in iter_jsonl(path):
-            _check_fields(row, f"{path}, line {lineno}", response_field, reference_field)
-            rows.append(row)
-    except JsonlError as exc:
-        where = str(exc.path) if exc.lineno is None else f"{exc.path}, line {exc.lineno}"
-        raise GradingInputError(f"{where}: {exc.reason}") from None
-    if not rows:
-        raise GradingInputError(f"{path}: empty file, no JSON lines to grade")
-    return rows
-
-
-def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
-               response_field: str = "response", reference_field: str = "reference") -> dict:
-    """Grade a JSONL file of responses; write each row plus extracted_answer/correct/grade_method.
-
-    All input is validated before anything is written, and the output appears (atomically, by
-    rename) only when grading succeeded. Returns {n, correct, accuracy, by_method}.
-    """
-    in_path, out_path = Path(in_path), Path(out_path)
-    if out_path.is_dir():
-        raise GradingInputError(f"{out_path}: is a folder; name the output file (e.g. {out_path / 'graded.jsonl'})")
-    if not out_path.parent.is_dir():
-        raise GradingInputError(f"{out_path}: folder {out_path.parent} does not exist")
-    if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
-        raise GradingInputError(f"{out_path}: is the input file; write the graded lines elsewhere")
-    rows = _read_rows(in_path, response_field, reference_field)
-    with Grader(timeout_s=timeout_s, workers=workers) as grader:
-        verdicts = grader.grade_many([r[response_field] for r in rows], [r[reference_field] for r in rows])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for row, verdict in zip(rows, verdicts):
-                row = {**row, "extracted_answer": verdict.extracted, "correct": verdict.correct,
-                       "grade_method": verdict.method}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    correct = sum(v.correct for v in verdicts)
-    return {"n": len(verdicts), "correct": correct, "accuracy": correct / len(verdicts),
-            "by_method": dict(Counter(v.method for v in verdicts))}

@@ -35,7 +35,8 @@ def _grade(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="hard per-pair deadline (s) for math-verify")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    from grading.grader import GradingInputError, grade_file
+    from grading.files import grade_file
+    from grading.grader import GradingInputError
 
     try:
         summary = grade_file(args.input, args.output, timeout_s=args.timeout, workers=args.workers,

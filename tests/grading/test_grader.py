@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from grading.grader import Grader, GradingInputError, Verdict, fast_verdict, grade_file
+from grading.files import grade_file
+from grading.grader import Grader, GradingInputError, Verdict, fast_verdict
 
 
 @pytest.fixture(scope="module")
