@@ -52,6 +52,28 @@ def log_run(result: dict, params, layout) -> str:
     return run_id
 
 
+def log_calibration(result: dict, params) -> str:
+    """The calibration as an MLflow run of its own: agreement metrics of the rule and of rule +
+    judge against CHAMP's human labels, both confusion matrices as a table, the full result."""
+    with tracking.open_run(params, name="calibrate", tags={"mixdistill.stage": "calibrate",
+                                                           "mixdistill.eval.judge": str(result["judge"])}) as run:
+        metrics = {"n": result["n"], "extracted_rate": result["extracted_rate"]}
+        table: dict[str, list] = {"grader": [], "human": [], "graded_correct": [], "graded_wrong": []}
+        for grader in ("rule", "rule_plus_judge"):
+            for key in ("accuracy", "cohen_kappa", "graded_correct_rate", "human_correct_rate"):
+                if result[grader].get(key) is not None:
+                    metrics[f"calibration/{grader}/{key}"] = result[grader][key]
+            for human, row in result[grader]["confusion"].items():
+                table["grader"].append(grader)
+                table["human"].append(human)
+                table["graded_correct"].append(row["graded_correct"])
+                table["graded_wrong"].append(row["graded_wrong"])
+        run.log_metrics(metrics)
+        run.log_table(table, "calibration/confusion.json")
+        run.log_dict({k: v for k, v in result.items() if k != "audit"}, "calibration/result.json")
+        return run.run_id
+
+
 def main(argv=None) -> int:
     ap = stage.parser(__doc__)
     ap.add_argument("--model", help="a mix name, or 'base' for the untrained student")
@@ -72,6 +94,8 @@ def main(argv=None) -> int:
                 raise ParamsError(f"--judge: not a JSON engine spec: {exc}") from exc
             out_path = layout.eval_root / f"calibration_{'rule' if spec is None else 'judge'}.json"
             res = calibrate(cfg, spec, out_path, args.limit)
+            if not args.no_mlflow:
+                print(f"calibration logged to MLflow run {log_calibration(res, params)}")
             brief = {k: res[k] for k in ("judge", "n", "extracted_rate", "methods")}
             brief.update({k: {m: res[k][m] for m in ("accuracy", "cohen_kappa", "confusion")}
                           for k in ("rule", "rule_plus_judge")})

@@ -299,3 +299,23 @@ def test_repo_params_parse():
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     assert "champ_test" in params.eval.benchmarks and params.eval.sampling.n == 1
     assert params.report.large == "short"
+
+
+def test_calibration_is_logged_as_a_run_with_its_confusion_matrices(project, tmp_path):
+    import mlflow
+
+    from grading.grader import Grader
+    from grading.judge import JudgeGrader, calibrate_on_champ
+
+    with Grader(workers=0) as grader:
+        result = calibrate_on_champ(JudgeGrader(grader), limit=12)
+    run_id = eval_stage.log_calibration(result, parse_params(project))
+    run = mlflow.get_run(run_id)
+    assert run.info.run_name == "calibrate" and run.data.tags["mixdistill.stage"] == "calibrate"
+    assert run.data.metrics["n"] == 12
+    assert run.data.metrics["calibration/rule/accuracy"] == pytest.approx(result["rule"]["accuracy"])
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                                artifact_path="calibration/confusion.json")).read_text())
+    assert len(table["data"]) == 4           # (rule, rule + judge) x (human right, human wrong)
+    counts = sum(row[2] + row[3] for row in table["data"])
+    assert counts == 2 * 12
