@@ -33,7 +33,7 @@ from common import layout as names
 from common.digests import file_digest
 from common.errors import MixdistillError
 from common.io import replace_dir
-from curation import mixing
+from curation.mixing import MixIntegrityError, verify_mix_dir
 from pipelines import stage, tracking
 from pipelines.params import Params, load_params
 from training.config import TrainParams
@@ -54,8 +54,8 @@ def verify_mix(mix_dir: Path, curated_root: Path | None = None) -> dict:
     if not (mix_dir / names.MIX_ROWS).is_file():
         raise TrainStageError(f"{mix_dir}/rows.parquet not found: run the mix stage first (dvc repro mix)")
     try:
-        return mixing.verify_mix_dir(mix_dir, curated_root)
-    except mixing.MixIntegrityError as exc:
+        return verify_mix_dir(mix_dir, curated_root)
+    except MixIntegrityError as exc:
         raise TrainStageError(f"refusing to train on mix '{mix_dir.name}': it failed verification: {exc}") from exc
 
 
