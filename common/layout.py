@@ -78,6 +78,12 @@ class Layout:
     def curated(self, source: str) -> Path:
         return self.curated_root / source
 
+    @property
+    def curate_judge_cache(self) -> Path:
+        """The curation judge's verdict cache: beside, not inside, the curated outputs (a mix
+        depends on the whole curated folder)."""
+        return self.curated_root.parent / "judge_cache" / "curate.sqlite"
+
     # mixes
     def mix(self, name: str) -> Path:
         return Path(self.paths.mixes) / name

@@ -7,14 +7,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from common.params import ParamsError, build, section
+from common.params import ParamsError, build, is_int, is_number, section
 from curation.schema import STYLES, TEACHER_SIZES
 from curation.templates import TEMPLATES
+from generation.engines import ENGINE_KINDS
+from grading.rules import HouseRules
 
 SOURCE_KINDS = ("champ", "champ_human", "hf", "file", "generate")
 # Teacher generation (curation/teacher.py) knobs, validated here so parsing params never loads it.
 SELECT_MODES = ("shortest_correct", "first_correct", "all_correct", "all")
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
+
+
+# problems.set.format: None = an answer column; "math" = MATH-format rows (problem, solution), the
+# reference being the solution's last \boxed{}; jsonl/json/parquet name a file's format.
+PROBLEM_FORMATS = (None, "math", "jsonl", "json", "parquet")
 
 
 @dataclass
@@ -24,11 +31,24 @@ class ProblemsParams:
     seed: int = 13
 
     def __post_init__(self):
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ParamsError(f"problems.test_fraction: {self.test_fraction} must be in (0, 1)")
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)) \
+                or not 0.0 <= self.test_fraction < 1.0:
+            raise ParamsError(f"problems.test_fraction: {self.test_fraction!r} must be in [0, 1) "
+                              "(0: no held-out split; evaluate on external benchmarks)")
+        if not isinstance(self.set, dict):
+            raise ParamsError(f"problems.set: expected a mapping, got {type(self.set).__name__}")
         kind = self.set.get("kind")
         if kind not in ("champ", "hf", "file"):
             raise ParamsError(f"problems.set.kind: '{kind}' must be one of champ, hf, file")
+        fmt = self.set.get("format")
+        if fmt not in PROBLEM_FORMATS:
+            raise ParamsError(f"problems.set.format: {fmt!r} must be one of "
+                              f"{', '.join(str(f) for f in PROBLEM_FORMATS)} (math: the reference is "
+                              "the last \\boxed{} of the solution column)")
+        configs = self.set.get("configs")
+        if configs is not None and (kind != "hf" or not isinstance(configs, list) or not configs
+                                    or not all(isinstance(c, str) for c in configs)):
+            raise ParamsError("problems.set.configs: a non-empty list of dataset config names (kind: hf only)")
 
 
 @dataclass
@@ -135,6 +155,17 @@ class CorrectnessParams:
     enabled: bool = True
     timeout_s: float = 5.0
     workers: int = 2
+    rules: HouseRules = field(default_factory=HouseRules)   # house rules (grading/rules.py)
+    # LLM judge for rule misses (same engines, cache, strict verdict and audit as eval.judge):
+    # None = rule only (offline default); else an engine spec + optional id / max_tokens.
+    judge: dict | None = None
+    max_answer_chars: int = 200       # extracted answer shown to the judge, at most
+
+    def __post_init__(self):
+        if self.judge is not None and (not isinstance(self.judge, dict) or self.judge.get("kind") not in ENGINE_KINDS):
+            kind = self.judge.get("kind") if isinstance(self.judge, dict) else self.judge
+            raise ParamsError(f"curate.correctness.judge.kind: {kind!r} must be one of "
+                              f"{', '.join(ENGINE_KINDS)} (or judge: null for rule-only grading)")
 
 
 @dataclass
@@ -176,8 +207,26 @@ class CurateParams:
     contract: ContractParams = field(default_factory=ContractParams)
 
     def __post_init__(self):
+        for key in ("min_tokens", "max_tokens", "cutoff_len"):
+            if not is_int(getattr(self, key)):
+                raise ParamsError(f"curate.{key}: {getattr(self, key)!r} must be an integer")
+        for sub, keys in (("correctness", ("timeout_s",)),
+                          ("quality", ("max_ngram_repeat_fraction", "min_distinct_token_fraction",
+                                       "min_english_fraction")),
+                          ("dedup", ("near_threshold",)), ("contract", ("min_kept_fraction", "max_reason_share"))):
+            for key in keys:
+                value = getattr(getattr(self, sub), key)
+                if not is_number(value):
+                    raise ParamsError(f"curate.{sub}.{key}: {value!r} must be a number")
+        if not is_int(self.correctness.workers) or self.correctness.workers < 0:
+            raise ParamsError(f"curate.correctness.workers: {self.correctness.workers!r} must be an integer >= 0")
+        if not self.correctness.timeout_s > 0:
+            raise ParamsError(f"curate.correctness.timeout_s: {self.correctness.timeout_s!r} must be > 0")
         if self.over_cutoff not in ("reject", "flag"):
             raise ParamsError(f"curate.over_cutoff: '{self.over_cutoff}' must be reject or flag")
+        if self.cutoff_len < self.min_tokens:
+            raise ParamsError(f"curate.cutoff_len: {self.cutoff_len} is below curate.min_tokens {self.min_tokens}; "
+                              "no trace could be kept")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise ParamsError(
                 f"curate: min_tokens {self.min_tokens} must be <= max_tokens {self.max_tokens}")
@@ -194,6 +243,16 @@ class MixParams:
     size: int | None = None            # examples in the mix
     token_budget: int | None = None    # or: student tokens in the mix
     oversample: bool = False
+    # each problem at most once in the mix (the published Mix-Long construction): components
+    # supply distinct problems, shares exact (size mode only, no oversampling)
+    one_per_problem: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.one_per_problem, bool):
+            raise ParamsError(f"mix.mixes.{self.name}.one_per_problem: must be true or false")
+        if self.one_per_problem and (self.size is None or self.oversample):
+            raise ParamsError(f"mix.mixes.{self.name}.one_per_problem: needs a size (not a token_budget) "
+                              "and oversample: false")
 
 
 @dataclass

@@ -20,7 +20,8 @@ from common import layout as names
 from common.digests import file_digest, frame_digest
 from common.errors import MixdistillError
 from common.prompt import build_messages
-from curation.schema import TRACE_COLUMNS
+from curation.by_problem import assign_problems
+from curation.schema import TRACE_COLUMNS, problem_key
 
 MIX_ROW_COLUMNS = TRACE_COLUMNS + ["response_tokens", "sequence_tokens", "component", "draw"]
 
@@ -89,6 +90,8 @@ def _draw(pool: pl.DataFrame, rng: random.Random, n: int | None, token_budget: i
             picked.append(i)
             passes.append(pass_no)
             used_tokens += tokens[i]
+        if n is not None and len(picked) >= n:     # exactly every row: enough without a second pass
+            return picked, passes
         pass_no += 1
         if not oversample:
             need = f"{n} rows" if n is not None else f"{token_budget} tokens"
@@ -108,12 +111,17 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
     else:
         targets = apportion(mix.token_budget, mix.components)
     parts, requested, achieved = [], {}, {}
+    pools = {comp: pl.concat([sources[m].kept for m in groups.get(comp, [comp])], how="diagonal_relaxed")
+             .sort("trace_id") for comp in mix.components}
+    by_problem = _one_per_problem(mix, pools, targets, seed) if getattr(mix, "one_per_problem", False) else None
     for comp in sorted(mix.components):
         members = groups.get(comp, [comp])
-        pool = pl.concat([sources[m].kept for m in members], how="diagonal_relaxed").sort("trace_id")
+        pool = pools[comp]
         rng = random.Random(_seed(seed, mix.name, comp))
         where = f"mix '{mix.name}': component '{comp}' (sources {members})"
-        if mix.size is not None:
+        if by_problem is not None:
+            idx, passes = by_problem[0][comp], [0] * len(by_problem[0][comp])
+        elif mix.size is not None:
             idx, passes = _draw(pool, rng, targets[comp], None, mix.oversample, where)
         else:
             idx, passes = _draw(pool, rng, None, targets[comp], mix.oversample, where)
@@ -143,10 +151,32 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
                         "contract_success": sources[m].contract_success,
                         "rejected_by_reason": sources[m].report.get("rejected_by_reason", {})}
                     for m in used},
+        **({"one_per_problem": by_problem[1]} if by_problem is not None else {}),
         "rows": [[t, s, c] for t, s, c in zip(rows["trace_id"].to_list(), rows["source"].to_list(),
                                               rows["component"].to_list())],
     }
     return rows, manifest
+
+
+def _one_per_problem(mix, pools: dict[str, pl.DataFrame], targets: dict[str, int], seed: int):
+    """Row indexes per component giving each problem at most one trace, and the manifest's record
+    of the choice (rule, problems available per component, problems moved by the repair pass)."""
+    keys = {c: [problem_key(p) for p in pool["problem"].to_list()] for c, pool in pools.items()}
+    try:
+        chosen, moved = assign_problems(keys, targets, random.Random(_seed(seed, mix.name, "problems")))
+    except ValueError as exc:
+        raise MixError(f"mix '{mix.name}' (one_per_problem): {exc}; lower the mix size") from None
+    out = {}
+    for comp, problems in chosen.items():
+        rows_of: dict[str, list[int]] = {}
+        for i, k in enumerate(keys[comp]):
+            rows_of.setdefault(k, []).append(i)
+        rng = random.Random(_seed(seed, mix.name, comp, "trace"))
+        out[comp] = [rng.choice(rows_of[k]) for k in problems]   # one of the problem's traces
+    record = {"rule": "each problem at most once; components supply distinct problems",
+              "problems_available": {c: len(set(k)) for c, k in keys.items()},
+              "problems_in_mix": sum(len(v) for v in chosen.values()), "moved_by_repair": moved}
+    return out, record
 
 
 def write_mix(rows: pl.DataFrame, manifest: dict, out: Path) -> dict:

@@ -66,11 +66,14 @@ def length_stats(values: list[int]) -> dict:
 
 
 def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontaminator=None,
-                 dedup: Callable | None = None, flaggers: list | None = None) -> CurationResult:
+                 dedup: Callable | None = None, flaggers: list | None = None, judge=None) -> CurationResult:
     """Run every check on every row and split kept / rejected.
 
-    Order matters only for dedup: it runs last and prefers, within a duplicate cluster, a row
-    that passed everything else, so a good trace is never dropped in favour of a bad copy."""
+    ``judge`` (a ``grading.judge.JudgeGrader`` around ``grader``) grades instead of the bare rule
+    grader: rule misses with an extracted answer go to the LLM judge; its audit goes into
+    ``report["judge"]``. Order matters only for dedup: it runs last and prefers, within a
+    duplicate cluster, a row that passed everything else, so a good trace is never dropped in
+    favour of a bad copy."""
     timings: dict[str, float] = {}
     n = frame.height
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -85,13 +88,25 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
         collect(check.name, check(frame))
         timings[check.name] = time.perf_counter() - t
 
-    extra = {}
+    extra, extra_report = {}, {}
     if grader is not None:
         t = time.perf_counter()
         refs = frame["reference_answer"].to_list()
         has_ref = [r is not None and str(r).strip() != "" for r in refs]
         idx = [i for i in range(n) if has_ref[i]]
-        verdicts = grader.grade_many([frame["response"][i] for i in idx], [refs[i] for i in idx])
+        responses = [frame["response"][i] for i in idx]
+        if judge is None:
+            verdicts = grader.grade_many(responses, [refs[i] for i in idx])
+        else:
+            problems, ids = frame["problem"].to_list(), frame["trace_id"].to_list()
+            graded = judge.grade([problems[i] for i in idx], responses, [str(refs[i]) for i in idx],
+                                 ids=[{"trace_id": ids[i]} for i in idx])
+            verdicts = graded.verdicts
+            extra_report["judge"] = {"judge": judge.judge_id, "calls": graded.judge_calls,
+                                     "cache_hits": graded.cache_hits,
+                                     "judged": sum(v.method.startswith("judge") for v in verdicts),
+                                     "accepted": sum(v.method == "judge" and v.correct for v in verdicts),
+                                     "audit": graded.audit}
         extracted: list[str | None] = [None] * n
         correct = [False] * n
         method = ["no_reference"] * n
@@ -106,6 +121,12 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
                 reasons[i].append("grading_timeout")
             elif not correct[i]:
                 reasons[i].append("answer_mismatch")
+        unmatched = [i for i in range(n) if not has_ref[i]]
+        if unmatched:        # traces whose problem is not in the problem set: listed, not hidden
+            problems = frame["problem"].to_list()
+            extra_report["no_reference"] = {
+                "traces": len(unmatched),
+                "problems": sorted({problems[i][:200] for i in unmatched})[:50]}
         extra.update(extracted_answer=pl.Series(extracted, dtype=pl.Utf8),
                      correct=pl.Series(correct, dtype=pl.Boolean),
                      grade_method=pl.Series(method, dtype=pl.Utf8))
@@ -150,5 +171,6 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
                             "kept": length_stats(kept["response_tokens"].to_list())},
         "sequence_tokens": {"input": length_stats(frame["sequence_tokens"].to_list()),
                             "kept": length_stats(kept["sequence_tokens"].to_list())},
+        **extra_report,
     }
     return CurationResult(kept=kept, rejected=rejected, report=report, timings=timings)

@@ -7,6 +7,7 @@ strings because their keys differ between sources (sampling params, HF revision,
 from __future__ import annotations
 
 import hashlib
+import re
 
 import polars as pl
 
@@ -45,3 +46,12 @@ def trace_id(problem: str, response: str, teacher: str) -> str:
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
     """Select and order the schema columns with their types (extra columns are dropped)."""
     return frame.select([pl.col(c).cast(t) for c, t in TRACE_SCHEMA.items()])
+
+
+def normalize_problem(text: str) -> str:
+    """Whitespace/case-insensitive key used to match the same problem across sources."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def problem_key(text: str) -> str:
+    return hashlib.sha256(normalize_problem(text).encode("utf-8")).hexdigest()[:16]

@@ -9,7 +9,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import re
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -18,21 +20,12 @@ import polars as pl
 from common.io import JsonlError, iter_jsonl
 from common.digests import dumps
 from curation.errors import SourceError
-from curation.schema import conform, trace_id
+from curation.schema import conform, problem_key, trace_id
 
 CHAMP_SUMMARY_PREFIX = "Now, summarize the answer above"
 
 
 # --------------------------------------------------------------------------- problem ids / split
-
-def normalize_problem(text: str) -> str:
-    """Whitespace/case-insensitive key used to match the same problem across sources."""
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def problem_key(text: str) -> str:
-    return hashlib.sha256(normalize_problem(text).encode("utf-8")).hexdigest()[:16]
-
 
 def split_problems(problems: pl.DataFrame, test_fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Deterministic train/test split: problems are ranked by a seeded hash of their id, so the
@@ -42,7 +35,7 @@ def split_problems(problems: pl.DataFrame, test_fraction: float, seed: int) -> t
             lambda pid: hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), return_dtype=pl.Utf8
         ).alias("_rank")
     ).sort("_rank")
-    n_test = max(1, round(problems.height * test_fraction))
+    n_test = 0 if test_fraction == 0 else max(1, round(problems.height * test_fraction))
     test = ranked.head(n_test).drop("_rank").sort("problem_id")
     train = ranked.slice(n_test).drop("_rank").sort("problem_id")
     return train, test
@@ -211,8 +204,10 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[dict], st
     return rows, str(path)
 
 
-def load_hf_rows(dataset_id: str, split: str, revision: str | None = None) -> tuple[list[dict], dict]:
-    """Rows of a Hugging Face dataset (a hub id, or a local dataset folder / saved dataset)."""
+def load_hf_rows(dataset_id: str, split: str, revision: str | None = None,
+                 config: str | None = None) -> tuple[list[dict], dict]:
+    """Rows of a Hugging Face dataset (a hub id, or a local dataset folder / saved dataset);
+    ``config`` names a dataset configuration (MATH's subjects)."""
     import datasets
 
     local = Path(dataset_id)
@@ -221,11 +216,13 @@ def load_hf_rows(dataset_id: str, split: str, revision: str | None = None) -> tu
             ds = datasets.load_from_disk(str(local))
             ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
-            ds = datasets.load_dataset(dataset_id, split=split, revision=revision)
+            ds = datasets.load_dataset(dataset_id, config, split=split, revision=revision)
     except Exception as exc:
-        raise SourceError(f"{dataset_id} (split {split}): cannot load dataset: {exc}") from exc
+        what = f"config {config}, split {split}" if config else f"split {split}"
+        raise SourceError(f"{dataset_id} ({what}): cannot load dataset: {exc}") from exc
     fingerprint = getattr(ds, "_fingerprint", None)
-    origin = {"hf_id": dataset_id, "split": split, "revision": revision, "fingerprint": fingerprint}
+    origin = {"hf_id": dataset_id, "split": split, "revision": revision, "fingerprint": fingerprint,
+              **({"config": config} if config else {})}
     return ds.to_list(), origin
 
 
@@ -257,6 +254,8 @@ def rows_to_traces(rows: list[dict], source, where: str, base_origin: dict,
                 return None
             if kind is str and isinstance(val, (int, float)) and not isinstance(val, bool) \
                     and schema_col == "reference_answer":
+                if not math.isfinite(val):
+                    raise SourceError(f"{loc}: field '{col}' is {val} (mapped to {schema_col}): not an answer")
                 val = str(int(val)) if float(val).is_integer() else str(val)
             if not isinstance(val, kind):
                 raise SourceError(f"{loc}: field '{col}' has type {type(val).__name__}, expected "
@@ -295,33 +294,6 @@ def rows_to_traces(rows: list[dict], source, where: str, base_origin: dict,
     return conform(pl.DataFrame(out, infer_schema_length=None))
 
 
-def load_problem_set(spec: dict) -> pl.DataFrame:
-    """The problem set of ``problems.set``: CHAMP, a hub dataset or a local file."""
-    kind = spec["kind"]
-    if kind == "champ":
-        return champ_problems()
-    cols = {"problem_id": "problem_id", "problem": "problem", "reference_answer": "answer",
-            **(spec.get("columns") or {})}
-    if kind == "hf":
-        rows, _ = load_hf_rows(spec["id"], spec.get("split", "train"), spec.get("revision"))
-        where = f"{spec['id']} ({spec.get('split', 'train')})"
-    else:
-        rows, where = read_table(spec["path"], spec.get("format"))
-    out, seen = [], {}
-    for i, r in enumerate(rows):
-        row_no = r.get("__line__", i + 1)
-        for need in ("problem", "reference_answer"):
-            if r.get(cols[need]) is None:
-                raise SourceError(f"{where}: row {row_no}: missing or null field '{cols[need]}'")
-        pid = str(r.get(cols["problem_id"]) or problem_key(r[cols["problem"]]))
-        if pid in seen:
-            raise SourceError(f"{where}: row {row_no}: field '{cols['problem_id']}' duplicates row {seen[pid]} ('{pid}')")
-        seen[pid] = row_no
-        out.append({"problem_id": pid, "problem": str(r[cols["problem"]]),
-                    "reference_answer": str(r[cols["reference_answer"]]), "category": None, "fws": "{}"})
-    return pl.DataFrame(out)
-
-
 def load_source(source, *, champ_settings: list[str], heldout: pl.DataFrame,
                 problems: pl.DataFrame | None = None) -> pl.DataFrame:
     """Load one configured source and drop traces of held-out problems (by id and by text)."""
@@ -350,6 +322,14 @@ def load_source(source, *, champ_settings: list[str], heldout: pl.DataFrame,
     heldout_keys = set(problem_key(p) for p in heldout["problem"].to_list())
     keep = ~frame["problem_id"].is_in(list(heldout_ids)) & ~frame["problem"].map_elements(
         problem_key, return_dtype=pl.Utf8).is_in(list(heldout_keys))
+    dropped = frame.height - int(keep.sum())
+    if dropped:
+        print(f"sources.{source.name}: {dropped} trace(s) answer held-out (test split) problems and are "
+              "left out of training", file=sys.stderr)
+    unmatched = int(frame["reference_answer"].is_null().sum())
+    if unmatched:
+        print(f"sources.{source.name}: {unmatched} trace(s) match no problem of problems.set; curation "
+              "rejects them as no_reference and lists them in its report", file=sys.stderr)
     return frame.filter(keep)
 
 

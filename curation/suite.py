@@ -16,6 +16,7 @@ from curation.dedup import duplicate_reasons
 from curation.errors import SourceError
 from curation.runner import CurationResult, add_token_counts, run_curation
 from grading.grader import Grader
+from grading.judge import JudgeGrader, VerdictCache, judge_from_spec
 
 
 def build_components(cur, benchmarks_dir: Path):
@@ -23,7 +24,8 @@ def build_components(cur, benchmarks_dir: Path):
     row_checks = default_checks(cur)
     length = next(c for c in row_checks if isinstance(c, LengthCheck))
     flaggers = [lambda f: {"over_cutoff": length.flags(f)}]
-    grader = Grader(timeout_s=cur.correctness.timeout_s, workers=cur.correctness.workers) \
+    grader = Grader(timeout_s=cur.correctness.timeout_s, workers=cur.correctness.workers,
+                    rules=cur.correctness.rules) \
         if cur.correctness.enabled else None
     bench_texts = {}
     for name in cur.decontam.benchmarks:
@@ -40,16 +42,27 @@ def build_components(cur, benchmarks_dir: Path):
     return row_checks, grader, decontaminator, dedup, flaggers
 
 
-def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path) -> CurationResult:
-    """Token counts, then every configured check; the Grader's workers are closed afterwards."""
+def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
+                 judge_cache: Path | None = None) -> CurationResult:
+    """Token counts, then every configured check; the Grader's workers are closed afterwards.
+    With ``curate.correctness.judge`` set, rule misses go to that judge, its verdicts cached in
+    ``judge_cache`` (SQLite; None keeps them in memory)."""
     frame = add_token_counts(traces, tokenizer, build_prompt, cutoff_len=cur.cutoff_len)
     row_checks, grader, decontaminator, dedup, flaggers = build_components(cur, benchmarks_dir)
+    judge, cache = None, None
     try:
+        if grader is not None and cur.correctness.judge is not None:
+            engine, judge_id, max_tokens = judge_from_spec(cur.correctness.judge)
+            cache = VerdictCache(judge_cache)
+            judge = JudgeGrader(grader, engine, judge_id, cache, max_answer_chars=cur.correctness.max_answer_chars,
+                                judge_max_tokens=max_tokens)
         return run_curation(frame, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
-                            dedup=dedup, flaggers=flaggers)
+                            dedup=dedup, flaggers=flaggers, judge=judge)
     finally:
         if grader is not None:
             grader.close()
+        if cache is not None:
+            cache.close()
 
 
 def plot_lengths(result, cur, path: Path, title: str) -> None:

@@ -12,9 +12,15 @@ Formats: ``math`` (MATH test: answer = last ``\\boxed{}`` of the solution), ``ma
 (answer after ``####``), ``aime24``, ``amc23`` (numeric answer), ``olympiadbench`` (English,
 text-only; ``final_answer`` is a list). Bad rows raise :class:`BenchmarkError` naming the file,
 line and field.
+
+File and hub frames also carry ``reference_raw``: the published reference field, JSON-encoded and
+untouched (OlympiadBench's whole ``final_answer`` list with its ``$``, AMC's float, GSM8K's full
+worked answer, MATH's solution), which ``eval.protocol: paper`` scores against as the paper did.
+CHAMP held-out frames have none: their reference is already the published one.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +32,7 @@ from common.io import JsonlError, iter_jsonl
 from grading.boxes import last_boxed
 
 BENCHMARK_COLUMNS = ("problem_id", "problem", "reference_answer", "benchmark")
+REFERENCE_RAW = "reference_raw"       # file/hub frames only (see the module doc)
 
 # Where each format is published on the hub: (dataset id, config, split).
 HUB_DEFAULTS: dict[str, tuple[str, str | None, str]] = {
@@ -145,6 +152,9 @@ FORMATS: dict[str, Callable] = {
     "aime24": _row_aime24, "amc23": _row_amc23, "olympiadbench": _row_olympiadbench,
 }
 ROW_FILTERS: dict[str, Callable[[dict], bool]] = {"olympiadbench": _keep_olympiadbench}
+# The field each format publishes its reference in, kept raw for the paper's protocol.
+RAW_REFERENCE_FIELDS = {"math": "solution", "math500": "answer", "gsm8k": "answer", "aime24": "answer",
+                        "amc23": "answer", "olympiadbench": "final_answer"}
 
 
 def normalise_rows(rows: Iterable[tuple[str, dict]], fmt: str, name: str) -> pl.DataFrame:
@@ -163,10 +173,11 @@ def normalise_rows(rows: Iterable[tuple[str, dict]], fmt: str, name: str) -> pl.
             # Resumable evaluation keys saved samples by problem_id: ids must be unique.
             raise BenchmarkError(f"{where}: field 'problem_id' value {pid!r} repeats {seen[pid]}")
         seen[pid] = where
-        out.append({"problem_id": pid, "problem": problem, "reference_answer": answer, "benchmark": name})
+        out.append({"problem_id": pid, "problem": problem, "reference_answer": answer, "benchmark": name,
+                    REFERENCE_RAW: json.dumps(row[RAW_REFERENCE_FIELDS[fmt]], ensure_ascii=False)})
     if not out:
         raise BenchmarkError(f"benchmark '{name}': no problems after reading and filtering")
-    return pl.DataFrame(out, schema={c: pl.Utf8 for c in BENCHMARK_COLUMNS})
+    return pl.DataFrame(out, schema={c: pl.Utf8 for c in (*BENCHMARK_COLUMNS, REFERENCE_RAW)})
 
 
 def read_jsonl(path: str | Path) -> Iterable[tuple[str, dict]]:
@@ -194,7 +205,8 @@ def _read_hub(spec: dict, fmt: str, name: str) -> Iterable[tuple[str, dict]]:
 
 
 def load_benchmark(name: str, spec: dict, heldout: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Load one benchmark as a frame with :data:`BENCHMARK_COLUMNS` (all strings)."""
+    """Load one benchmark as a frame with :data:`BENCHMARK_COLUMNS` (all strings), plus
+    :data:`REFERENCE_RAW` for file and hub benchmarks."""
     if not isinstance(spec, dict):
         raise BenchmarkError(f"eval.benchmarks.{name}: expected a mapping, got {spec!r}")
     kind = spec.get("kind")

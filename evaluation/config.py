@@ -7,8 +7,16 @@ from dataclasses import dataclass, field
 
 from common.params import ParamsError, build, section
 from generation.engines import ENGINE_KINDS, SamplingConfig
+from grading.rules import HouseRules
 
 BENCHMARK_KINDS = ("champ_heldout", "hf", "file")
+# mixdistill: our prompt and grader. paper: the evaluation of Li et al. 2025 (its prompt, decoding, stop
+# strings and scoring rule; evaluation/paper_protocol.py), with our grader scored beside it.
+PROTOCOLS = ("mixdistill", "paper")
+# The paper's decoding (grading/paper.py PAPER_PROTOCOL["decoding"]: greedy, max_gen_toks 16000; a
+# test keeps the two in step). Under protocol paper these are the defaults of eval.sampling: a key
+# written there explicitly wins (e.g. max_tokens: 192 for a CPU smoke run).
+PAPER_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 16000, "n": 1, "seed": 0}
 
 
 @dataclass
@@ -16,6 +24,7 @@ class GradingParams:
     timeout_s: float = 5.0            # hard per-pair deadline for math-verify (it can hang)
     workers: int = 2
     max_answer_chars: int = 200       # extracted answer shown to the judge, at most
+    rules: HouseRules = field(default_factory=HouseRules)   # house rules (grading/rules.py)
 
 
 @dataclass
@@ -29,8 +38,11 @@ class EvalParams:
     engine: dict = field(default_factory=lambda: {"kind": "transformers"})
     judge: dict | None = None         # None: rule only; else an engine spec (+ optional "id")
     grading: GradingParams = field(default_factory=GradingParams)
+    protocol: str = "mixdistill"      # mixdistill | paper (see PROTOCOLS)
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ParamsError(f"eval.protocol: {self.protocol!r} must be one of {', '.join(PROTOCOLS)}")
         if not self.benchmarks:
             raise ParamsError("eval.benchmarks: at least one benchmark is needed")
         for name, spec in self.benchmarks.items():
@@ -67,7 +79,12 @@ class ReportParams:
 
 
 def parse_eval(params: dict) -> EvalParams:
-    return build(EvalParams, section(params, "eval"), "eval")
+    """``eval:`` typed. Under ``protocol: paper`` the paper's decoding fills every eval.sampling key
+    the section does not write itself (explicit keys win, so a CPU run can still cap max_tokens)."""
+    raw = section(params, "eval")
+    if raw.get("protocol") == "paper" and isinstance(raw.get("sampling") or {}, dict):
+        raw = {**raw, "sampling": {**PAPER_SAMPLING, **(raw.get("sampling") or {})}}
+    return build(EvalParams, raw, "eval")
 
 
 def parse_report(params: dict) -> ReportParams:

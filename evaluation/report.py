@@ -7,6 +7,11 @@ and each mix against its parts (mix_long vs long and short; mix_large vs large a
 mix plays which role is the ``report:`` section of params.yaml. Reads ``<eval>/<model>/scores.json``
 and ``graded.jsonl``; writes ``<reports>/summary.md``, ``metrics.json``, ``plots/accuracy.json``
 (for ``dvc plots``), ``accuracy.png`` and ``response_lengths.png``.
+
+Models evaluated under ``eval.protocol: paper`` carry mixdistill's own grading of the same samples
+as ``mixdistill_<metric>``: the report then shows it beside the protocol's (the metric, ΔLong and
+ΔLarge both ways; ``metrics.json`` under ``mixdistill``), so that the effect of the scoring rule
+is visible, and it warns when models were scored under different protocols.
 """
 from __future__ import annotations
 
@@ -49,11 +54,16 @@ def collect(eval_dir: Path, models: list[str]) -> tuple[dict, dict, list[str]]:
     return scores, lengths, missing
 
 
-def _value(scores: dict, model: str, bench: str, metric: str) -> float | None:
+MIXDISTILL_PREFIX = "mixdistill_"   # evaluation/paper_protocol.py PREFIX: our grader beside a protocol's
+
+
+def _value(scores: dict, model: str, bench: str, metric: str, required: bool = True) -> float | None:
     m = scores.get(model, {}).get(bench)
     if m is None:
         return None
     if metric not in m:
+        if not required:
+            return None
         raise ReportError(f"scores of '{model}' on '{bench}': no metric '{metric}' (have {sorted(m)})")
     return m[metric]
 
@@ -62,17 +72,13 @@ def _diff(a, b):
     return None if a is None or b is None else a - b
 
 
-def compare(scores: dict, cfg: ReportParams) -> dict:
-    benches = sorted({b for per_model in scores.values() for b in per_model})
-    table = {m: {b: _value(scores, m, b, cfg.metric) for b in benches} for m in scores}
-
+def _tables(scores: dict, cfg: ReportParams, benches: list[str], metric: str, required: bool) -> dict:
     def delta(x, y):
-        return {b: _diff(_value(scores, x, b, cfg.metric), _value(scores, y, b, cfg.metric)) for b in benches}
+        return {b: _diff(_value(scores, x, b, metric, required), _value(scores, y, b, metric, required))
+                for b in benches}
 
     return {
-        "metric": cfg.metric,
-        "benchmarks": benches,
-        cfg.metric: table,
+        metric: {m: {b: _value(scores, m, b, metric, required) for b in benches} for m in scores},
         "delta_long": delta(cfg.long, cfg.short),
         "delta_large": delta(cfg.large, cfg.small),
         "gains": {
@@ -81,9 +87,20 @@ def compare(scores: dict, cfg: ReportParams) -> dict:
             f"{cfg.mix_large}_vs_{cfg.large}": delta(cfg.mix_large, cfg.large),
             f"{cfg.mix_large}_vs_{cfg.small}": delta(cfg.mix_large, cfg.small),
         },
-        "roles": {"long": cfg.long, "short": cfg.short, "large": cfg.large, "small": cfg.small,
-                  "mix_long": cfg.mix_long, "mix_large": cfg.mix_large},
     }
+
+
+def compare(scores: dict, cfg: ReportParams) -> dict:
+    benches = sorted({b for per_model in scores.values() for b in per_model})
+    result = {"metric": cfg.metric, "benchmarks": benches, **_tables(scores, cfg, benches, cfg.metric, True),
+              "roles": {"long": cfg.long, "short": cfg.short, "large": cfg.large, "small": cfg.small,
+                        "mix_long": cfg.mix_long, "mix_large": cfg.mix_large},
+              "protocols": {m: ", ".join(sorted({per.get("protocol", "mixdistill") for per in scores[m].values()}))
+                            for m in scores}}
+    ours = MIXDISTILL_PREFIX + cfg.metric
+    if any(ours in per for per_model in scores.values() for per in per_model.values()):
+        result["mixdistill"] = {"metric": ours, **_tables(scores, cfg, benches, ours, False)}
+    return result
 
 
 def _fmt(v, signed=False) -> str:
@@ -116,10 +133,42 @@ def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[st
     lines += ["", "Problems per benchmark: " + ", ".join(f"{b}: {n}" for b, n in n_problems.items())
               + ". With this few problems one problem moves accuracy by "
               + ", ".join(f"{1 / n:.3f}" for n in n_problems.values() if n) + ": read small deltas as noise."]
+    lines += _protocol_lines(result)
     if missing:
         lines += ["", "Not evaluated (no scores.json): " + ", ".join(missing) + "."]
     lines += ["", "Plots: `accuracy.png`, `response_lengths.png`.", ""]
     return "\n".join(lines)
+
+
+def _protocol_lines(result: dict) -> list[str]:
+    """The protocol's scores beside mixdistill's grader on the same samples, and a warning when
+    models were scored under different protocols."""
+    lines, protocols = [], result["protocols"]
+    if len(set(protocols.values())) > 1:
+        lines += ["", "**Warning:** models were scored under different eval protocols ("
+                  + ", ".join(f"{m}: {p}" for m, p in protocols.items())
+                  + f"); their `{result['metric']}` values are not comparable."]
+    ours = result.get("mixdistill")
+    if ours is None:
+        return lines
+    benches, metric, r = result["benchmarks"], result["metric"], result["roles"]
+    lines += ["", "## Scoring rule: the eval protocol vs mixdistill's grader", "",
+              f"The same samples scored twice: `{metric}` by the protocol each model was evaluated under, "
+              f"`{ours['metric']}` by mixdistill's grader (rule + judge as configured).", "",
+              "| model | benchmark | protocol | protocol score | mixdistill | protocol − mixdistill |",
+              "|---|---|---|---|---|---|"]
+    for m, row in result[metric].items():
+        for b in benches:
+            if row[b] is not None:
+                theirs = ours[ours["metric"]][m][b]
+                lines.append(f"| {m} | {b} | {protocols[m]} | {_fmt(row[b])} | {_fmt(theirs)} | "
+                             f"{_fmt(_diff(row[b], theirs), True)} |")
+    lines += ["", "| quantity (grader) | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for key, label in (("delta_long", f"ΔLong = P({r['long']}) − P({r['short']})"),
+                       ("delta_large", f"ΔLarge = P({r['large']}) − P({r['small']})")):
+        for grader, table in (("protocol", result), ("mixdistill", ours)):
+            lines.append(f"| {label} ({grader}) | " + " | ".join(_fmt(table[key][b], True) for b in benches) + " |")
+    return lines
 
 
 def plot(result: dict, lengths: dict, out: Path) -> None:
@@ -164,10 +213,15 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str]) -> dict:
     result = compare(scores, cfg)
     out = layout.reports
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {k: result[k] for k in (cfg.metric, "delta_long", "delta_large", "gains")})
+    metrics = {k: result[k] for k in (cfg.metric, "delta_long", "delta_large", "gains")}
+    ours = result.get("mixdistill")
+    if ours is not None:
+        metrics["mixdistill"] = ours
+    write_json(out / "metrics.json", metrics)
     write_json(out / "plots" / "accuracy.json",
-               [{"model": m, "benchmark": b, cfg.metric: v} for m, row in result[cfg.metric].items()
-                for b, v in row.items() if v is not None])
+               [{"model": m, "benchmark": b, cfg.metric: v,
+                 **({ours["metric"]: ours[ours["metric"]][m][b]} if ours is not None else {})}
+                for m, row in result[cfg.metric].items() for b, v in row.items() if v is not None])
     plot(result, lengths, out)
     with atomic_file(out / "summary.md", encoding="utf-8") as f:
         f.write(summary_markdown(result, scores, lengths, missing))

@@ -1,15 +1,20 @@
 """One model's evaluation: generate on every benchmark (resuming), grade (rule, then judge), score.
 
 Generations go to ``<eval>/<model>/samples.jsonl`` through the shared resumable store
-(:mod:`generation.store`), one chunk of ``eval.batch_size`` problems at a time, so a crash loses
-no finished sample and a rerun generates only what is missing. ``samples.meta.json`` fingerprints
-what produced them (checkpoint content, engine, sampling, prompt); another fingerprint starts
-afresh rather than mixing two models' outputs. Grading runs over all samples at the end (rule
-grading is cheap; judge verdicts are cached), writing ``graded.jsonl``, ``scores.json`` and
-``judge_audit.json``. Logging the result is the caller's business (the eval stage's).
+(:mod:`generation.store`), one chunk of ``eval.batch_size`` problems at a time (with
+``eval.engine.kind: vllm``, one whole benchmark per call: vLLM schedules its own batches), so a
+crash loses no chunk already written and a rerun generates only what is missing.
+``samples.meta.json`` fingerprints what produced them (checkpoint content, engine, sampling,
+prompt); another fingerprint starts afresh rather than mixing two models' outputs. Grading runs
+over all samples at the end (rule grading is cheap; judge verdicts are cached), writing
+``graded.jsonl``, ``scores.json`` and ``judge_audit.json``. The engine that generated is released before a judge loads (one GPU seldom
+holds both). ``eval.protocol: paper`` swaps in the paper's prompt, decoding, stop strings and
+scoring, and keeps our grader's scores beside it (:mod:`evaluation.paper_protocol`). Logging the
+result is the caller's business (the eval stage's).
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from dataclasses import asdict
@@ -21,14 +26,15 @@ from common.digests import model_digest
 from common.io import atomic_file, write_json
 from common.layout import Layout
 from common.prompt import build_prompt
-from evaluation.config import EvalParams
+import evaluation.paper_protocol as paper
+from evaluation.config import PAPER_SAMPLING, EvalParams
 from evaluation.metrics import summarize
 from generation.engines import Engine, EngineError
 from generation.factory import make_engine
 from generation.store import SampleStore
 from grading.answers import normalize_answer
 from grading.grader import Grader
-from grading.judge import JudgeGrader, VerdictCache, calibrate_on_champ
+from grading.judge import JudgeGrader, VerdictCache, calibrate_on_champ, judge_from_spec  # noqa: F401
 
 
 def load_benchmarks(cfg: EvalParams, layout: Layout) -> dict[str, pl.DataFrame]:
@@ -48,30 +54,80 @@ def open_samples(out_dir, fingerprint: dict) -> SampleStore:
                        log=lambda message: print(f"eval: {message}", file=sys.stderr))
 
 
+def _messages(cfg: EvalParams, bench: str, problem: str) -> list[dict]:
+    if cfg.protocol == "paper":
+        return paper.task_for(cfg.benchmarks[bench]).messages(problem)
+    return [{"role": "user", "content": build_prompt(problem)}]
+
+
+def _record(cfg: EvalParams, bench: str, row: dict, index: int, c) -> dict:
+    record = {"benchmark": bench, "problem_id": row["problem_id"], "sample_idx": index,
+              "reference_answer": row["reference_answer"], "response": c.text,
+              "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+              "completion_tokens": c.completion_tokens}
+    if cfg.protocol == "paper":
+        # the engines take no stop strings: cut where the paper's generation would have stopped
+        text, stop = paper.cut_at_stop(c.text, paper.task_for(cfg.benchmarks[bench]).stop)
+        record.update(response=text, stop_string=stop, finish_reason="stop" if stop else c.finish_reason)
+    return record
+
+
+def whole_benchmark(cfg: EvalParams) -> bool:
+    """vLLM schedules its own batches: one call per benchmark keeps the GPU full; eval.batch_size
+    is for the CPU engine, whose padded batches it sizes."""
+    return cfg.engine.get("kind") == "vllm"
+
+
 def generate_missing(engine: Engine, store: SampleStore, frames: dict[str, pl.DataFrame], cfg: EvalParams) -> int:
-    """Generate samples for problems not yet in the store, one chunk of ``batch_size`` at a time."""
+    """Generate samples for problems not yet in the store, one chunk of ``batch_size`` at a time
+    (the whole benchmark at once for vLLM); every chunk is in the store before the next starts."""
     made = 0
     for bench, frame in frames.items():
         todo = [r for r in frame.iter_rows(named=True) if not store.has((bench, r["problem_id"]), cfg.sampling.n)]
-        for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start:start + cfg.batch_size]
-            convs = [[{"role": "user", "content": build_prompt(r["problem"])}] for r in chunk]
-            outs = engine.generate(convs, cfg.sampling)
-            records = [{"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": i,
-                        "reference_answer": r["reference_answer"], "response": c.text,
-                        "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                        "completion_tokens": c.completion_tokens}
-                       for r, samples in zip(chunk, outs) for i, c in enumerate(samples)]
+        step = max(1, len(todo)) if whole_benchmark(cfg) else cfg.batch_size
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            outs = engine.generate([_messages(cfg, bench, r["problem"]) for r in chunk], cfg.sampling)
+            records = [_record(cfg, bench, r, i, c) for r, samples in zip(chunk, outs) for i, c in enumerate(samples)]
             store.append(records)
             made += len(records)
             print(f"eval: {bench}: {start + len(chunk)}/{len(todo)} problems generated", file=sys.stderr)
     return made
 
 
+def release_engine(engine) -> None:
+    """Let go of what an engine holds (replica processes, its in-process model); the caller then
+    drops its own reference and calls :func:`free_accelerator_memory`."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()                                  # VLLMEngine: its data-parallel replica processes
+    if getattr(engine, "_llm", None) is not None:
+        engine._llm = None                       # VLLMEngine keeps its in-process vllm.LLM there
+
+
+def free_accelerator_memory() -> None:
+    """Collect released models and hand their CUDA memory back, so that the judge fits on the GPU."""
+    gc.collect()
+    if "vllm" in sys.modules:                    # vLLM keeps a distributed state after its LLM goes
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
+        except (ImportError, AttributeError, RuntimeError, AssertionError) as exc:
+            print(f"eval: note: vLLM cleanup: {exc}", file=sys.stderr)
+    torch = sys.modules.get("torch")             # only an engine that ran imported it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _judge_batch(cfg: EvalParams, n: int) -> int:
+    # a vLLM judge takes every prompt in one call; other judges get eval.batch_size at a time
+    return max(1, n) if (cfg.judge or {}).get("kind") == "vllm" else cfg.batch_size
+
+
 def judge_grader(grader: Grader, cfg: EvalParams, judge: Engine | None, judge_id: str, cache: VerdictCache,
-                 judge_tokens: int) -> JudgeGrader:
+                 judge_tokens: int, judge_batch: int | None = None) -> JudgeGrader:
     return JudgeGrader(grader, judge, judge_id, cache, max_answer_chars=cfg.grading.max_answer_chars,
-                       judge_max_tokens=judge_tokens, judge_batch=cfg.batch_size)
+                       judge_max_tokens=judge_tokens, judge_batch=judge_batch or cfg.batch_size)
 
 
 def grade_samples(store: SampleStore, frames: dict[str, pl.DataFrame], cfg: EvalParams, judge: Engine | None,
@@ -81,8 +137,9 @@ def grade_samples(store: SampleStore, frames: dict[str, pl.DataFrame], cfg: Eval
               if (key[0], key[1]) in problems and key[2] < cfg.sampling.n]
     cache = VerdictCache(cache_path)
     try:
-        with Grader(timeout_s=cfg.grading.timeout_s, workers=cfg.grading.workers) as grader:
-            report = judge_grader(grader, cfg, judge, judge_id, cache, judge_tokens).grade(
+        with Grader(timeout_s=cfg.grading.timeout_s, workers=cfg.grading.workers, rules=cfg.grading.rules) as grader:
+            report = judge_grader(grader, cfg, judge, judge_id, cache, judge_tokens,
+                                  _judge_batch(cfg, len(wanted))).grade(
                 [problems[(r["benchmark"], r["problem_id"])] for r in wanted],
                 [r["response"] for r in wanted], [r["reference_answer"] for r in wanted],
                 ids=[{"benchmark": r["benchmark"], "problem_id": r["problem_id"],
@@ -94,15 +151,31 @@ def grade_samples(store: SampleStore, frames: dict[str, pl.DataFrame], cfg: Eval
     return graded, report.audit
 
 
-def judge_from_spec(spec: dict | None) -> tuple[Engine | None, str, int]:
-    """``eval.judge``: an engine spec plus ``id`` (names the judge in cache keys and audits) and
-    ``max_tokens`` (room for the judge's reasoning before its verdict line)."""
-    if spec is None:
-        return None, "none", 256
-    spec = dict(spec)
-    max_tokens = int(spec.pop("max_tokens", 256))
-    judge_id = str(spec.pop("id", None) or json.dumps(spec, sort_keys=True))
-    return make_engine(spec), judge_id, max_tokens
+def grade_paper(graded: list[dict], frames: dict[str, pl.DataFrame], cfg: EvalParams, judge: Engine | None,
+                judge_id: str, cache_path) -> tuple[list[dict], list[dict]]:
+    """The paper's verdicts on samples our grader already graded: records with both, its audit."""
+    refs = {b: paper.raw_references(f, cfg.benchmarks[b], b) for b, f in frames.items()}
+    problems = {(b, r["problem_id"]): r["problem"] for b, f in frames.items() for r in f.iter_rows(named=True)}
+    rows = [{"task": paper.task_for(cfg.benchmarks[g["benchmark"]]).kind,
+             "problem": problems[(g["benchmark"], g["problem_id"])], "response": g["response"],
+             "reference": refs[g["benchmark"]][g["problem_id"]],
+             "ids": {"benchmark": g["benchmark"], "problem_id": g["problem_id"], "sample_idx": g["sample_idx"]}}
+            for g in graded]
+    cache = VerdictCache(cache_path)
+    try:
+        batch = _judge_batch(cfg, len(rows)) if judge is not None else None
+        verdicts, audit = paper.PaperGrader(judge, judge_id, cache, batch).grade(rows)
+    finally:
+        cache.close()
+    return paper.merge_graded(graded, verdicts), audit
+
+
+def protocol_deviations(cfg: EvalParams) -> list[str]:
+    """Where eval.sampling departs from the paper's decoding (explicit keys win over the protocol)."""
+    if cfg.protocol != "paper":
+        return []
+    return [f"{k}={getattr(cfg.sampling, k)} (paper: {PAPER_SAMPLING[k]})" for k in ("temperature", "max_tokens", "n")
+            if getattr(cfg.sampling, k) != PAPER_SAMPLING[k]]
 
 
 def _engine_for(cfg: EvalParams, mdir) -> Engine:
@@ -128,24 +201,40 @@ def evaluate(name: str, layout: Layout, cfg: EvalParams, engine: Engine | None =
     frames = load_benchmarks(cfg, layout)
     fingerprint = {"checkpoint": model_digest(mdir), "engine": dict(cfg.engine),
                    "sampling": asdict(cfg.sampling), "prompt": build_prompt("{problem}")}
+    if cfg.protocol == "paper":
+        fingerprint.update(paper.fingerprint())
+    deviations = protocol_deviations(cfg)
+    if deviations:
+        print(f"eval: protocol paper, but eval.sampling sets {', '.join(deviations)}", file=sys.stderr)
     with open_samples(out, fingerprint) as store:
         missing = not all(store.has((b, pid), cfg.sampling.n) for b, f in frames.items() for pid in f["problem_id"])
-        if engine is None and missing:
+        own_engine = engine is None and missing
+        if own_engine:
             engine = _engine_for(cfg, mdir)
         made = generate_missing(engine, store, frames, cfg) if engine is not None else 0
+        if own_engine:                           # before the judge loads: one GPU seldom holds both
+            release_engine(engine)
+            engine = None
+            free_accelerator_memory()
         judge_tokens = 256
         if judge is None and cfg.judge is not None:
             judge, judge_id, judge_tokens = judge_from_spec(cfg.judge)
         judge_id = judge_id or ("none" if judge is None else type(judge).__name__)
         graded, audit = grade_samples(store, frames, cfg, judge, judge_id, out / names.JUDGE_CACHE, judge_tokens)
-    scores = summarize(graded, cfg.ks, normalize=normalize_answer)
+    if cfg.protocol == "paper":
+        graded, paper_audit = grade_paper(graded, frames, cfg, judge, judge_id, out / names.JUDGE_CACHE)
+        audit = audit + paper_audit
+        scores = paper.side_by_side_scores(graded, cfg.ks)
+    else:
+        scores = summarize(graded, cfg.ks, normalize=normalize_answer)
     with atomic_file(out / names.GRADED, encoding="utf-8") as f:
         for rec in graded:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     write_json(out / names.SCORES, scores)
     write_json(out / names.JUDGE_AUDIT, audit)
     return {"model": name, "scores": scores, "audit": audit, "generated": made, "reused": len(graded) - made,
-            "out": out, "model_dir": mdir, "judge_id": judge_id}
+            "out": out, "model_dir": mdir, "judge_id": judge_id, "protocol": cfg.protocol,
+            "protocol_deviations": deviations}
 
 
 def calibrate(cfg: EvalParams, judge_spec: dict | None, out_path, limit: int | None) -> dict:
@@ -153,7 +242,7 @@ def calibrate(cfg: EvalParams, judge_spec: dict | None, out_path, limit: int | N
     judge, judge_id, judge_tokens = judge_from_spec(judge_spec)
     cache = VerdictCache(out_path.with_suffix(".sqlite"))
     try:
-        with Grader(timeout_s=cfg.grading.timeout_s, workers=cfg.grading.workers) as grader:
+        with Grader(timeout_s=cfg.grading.timeout_s, workers=cfg.grading.workers, rules=cfg.grading.rules) as grader:
             result = calibrate_on_champ(judge_grader(grader, cfg, judge, judge_id, cache, judge_tokens), limit=limit)
     finally:
         cache.close()

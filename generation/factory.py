@@ -6,6 +6,7 @@ HTTP client) are imported only when asked for, without an import cycle.
 from __future__ import annotations
 
 from generation.engines import ENGINE_KINDS, Engine, EngineError, FakeEngine, TransformersEngine
+from generation.spec import check_secrets
 
 
 def make_engine(spec: dict) -> Engine:
@@ -15,6 +16,7 @@ def make_engine(spec: dict) -> Engine:
     ``{"kind": "fake", "responses": {...}}``."""
     if not isinstance(spec, dict) or "kind" not in spec:
         raise EngineError(f"engine spec {spec!r}: needs a 'kind' (one of {', '.join(ENGINE_KINDS)})")
+    check_secrets(spec)
     kind, kwargs = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
     try:
         if kind == "transformers":

@@ -31,11 +31,45 @@ LIBRARY = {"transformers": ("transformers", "transformers"), "vllm": ("vllm", "v
 
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_a_key(value) -> bool:
+    """A value given where an environment variable's *name* belongs that is not a variable name,
+    or that reads like a credential (long, mixed letters and digits)."""
+    if not isinstance(value, str):
+        return False
+    if not _ENV_NAME.fullmatch(value):
+        return True
+    return len(value) >= 32 and any(c.isdigit() for c in value) and any(c.islower() for c in value)
+
+
+def check_secrets(spec, where: str = "engine") -> None:
+    """Refuse credentials written into a spec (they would end up in params, logs and metadata):
+    inline ``api_key``-like keys, and ``*_env`` keys whose value is not a variable name. The
+    message names the key, never the value."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            path = f"{where}.{key}"
+            if SECRET_KEY.search(str(key)) and not str(key).endswith("_env") and value not in (None, ""):
+                raise EngineError(f"{path}: credentials never go in params (the value is not shown); put it in "
+                                  "an environment variable and name that variable with api_key_env")
+            if str(key).endswith("_env") and looks_like_a_key(value):
+                raise EngineError(f"{path}: must name an environment variable (e.g. OPENAI_API_KEY); the value "
+                                  "given looks like the credential itself (not shown). Put it in the "
+                                  "environment and write the variable's name here")
+            check_secrets(value, path)
+    elif isinstance(spec, list):
+        for i, value in enumerate(spec):
+            check_secrets(value, f"{where}[{i}]")
+
+
 def public_spec(spec):
     """An engine spec safe to record: credential-like keys dropped, URLs without userinfo or query."""
     if isinstance(spec, dict):
         return {k: public_spec(v) for k, v in spec.items()
-                if not (SECRET_KEY.search(str(k)) and not str(k).endswith("_env"))}
+                if not (SECRET_KEY.search(str(k)) and not str(k).endswith("_env"))
+                and not (str(k).endswith("_env") and looks_like_a_key(v))}
     if isinstance(spec, list):
         return [public_spec(v) for v in spec]
     if isinstance(spec, str) and spec.startswith(("http://", "https://")):

@@ -5,14 +5,22 @@ strings are the same answer; two plain numerals that differ, or a yes against a 
 Everything else goes to math-verify (run in worker processes by :mod:`grading.grader`), whose
 "equal" is then re-checked exactly where both sides are exact numbers (its float comparison
 calls 1/2004! equal to 1/2006!).
+
+Inside math-verify, the one costly step, ``simplify(gold - pred)``, is skipped where its answer is
+already known: when ``gold - pred`` takes an exact non-zero rational value at one point (each
+free symbol given a value its assumptions allow), it is not identically zero, so simplify cannot
+show it zero. Every other step, and every undecided pair, is math-verify's own.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
+from contextlib import contextmanager
 
 from grading.answers import _expand_tuple_assignment, _replace_call, normalize_answer
+from grading.rules import within_tolerance
 
 _NUMERAL_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -25,12 +33,14 @@ def _strip_lhs(norm: str) -> str:
     return norm
 
 
-def fast_verdict(answer: str, variants: tuple[str, ...] | list[str]) -> tuple[bool, str] | None:
+def fast_verdict(answer: str, variants: tuple[str, ...] | list[str],
+                 rel_tolerance: float | None = None) -> tuple[bool, str] | None:
     """(correct, method) when strings settle the pair exactly, else None (ask math-verify).
 
     Accepts: the answer equals a variant as written ("exact") or after normalisation
-    ("normalized"). Rejects only when every variant is settled as different: two plain numerals
-    of different value, or yes against no ("unequal")."""
+    ("normalized"), or (with a ``rel_tolerance``) is a plain numeral within it of one ("tolerance").
+    Rejects only when every variant is settled as different: two plain numerals of different
+    value (beyond the tolerance, if any), or yes against no ("unequal")."""
     different = 0
     for variant in variants:
         if answer.strip() == variant.strip():
@@ -41,6 +51,8 @@ def fast_verdict(answer: str, variants: tuple[str, ...] | list[str]) -> tuple[bo
         if na and na == nv:
             return True, "normalized"
         numerals = _NUMERAL_RE.fullmatch(na) and _NUMERAL_RE.fullmatch(nv)
+        if numerals and rel_tolerance is not None and within_tolerance(float(na), float(nv), rel_tolerance):
+            return True, "tolerance"
         if (numerals and float(na) != float(nv)) or {na, nv} == {"yes", "no"}:
             different += 1
     return (False, "unequal") if variants and different == len(variants) else None
@@ -74,6 +86,7 @@ def to_latex(expr: str) -> str:
     s = re.sub(r"(?:\s*\\q?quad)*\s*\\text\s*\{\s*(?:and|or)\s*\}(?:\s*\\q?quad)*\s*", ", ", s)
     s = re.sub(r",?\s+(?:and|or)\s+", ", ", s)
     s = re.sub(r"\s*;\s*", ", ", s)                              # "p=5,q=2; p=7,q=2": one list
+    s = re.sub(r"(?:,\s*){2,}", ", ", s)                       # "7, -2, \text{ and } -5"
     s = s.replace("**", "^")                                      # Python's power
     s = re.sub(r"(?<![\d.])(\d+)\s+(\d+)/(\d+)(?![\d.])", r"\1\\frac{\2}{\3}", s)   # "1 1/2"
     s = re.sub(r"(\d+(?:\.\d+)?)\s*\\?%", r"\1/100", s)  # "%" starts a LaTeX comment
@@ -98,15 +111,75 @@ def _exactly_unequal(gold, target) -> bool:
         return False
 
 
+# Points at which `gold - pred` is evaluated exactly: small primes, then the same over 3 (for
+# symbols a prime would not tell apart, and for symbols an integer value does not fit).
+_POINT_SETS = ((7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47),
+               tuple(f"{p}/3" for p in (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)))
+
+
+def _fits(symbol, value) -> bool:
+    """The value satisfies every assumption the symbol carries (real, integer, positive, ...)."""
+    return all(getattr(value, f"is_{key}", None) is flag for key, flag in symbol.assumptions0.items())
+
+
+def differs_at_a_point(a, b) -> bool:
+    """True when ``a - b`` is shown not identically zero by one exact evaluation: at some point
+    (each free symbol a value its assumptions allow) it is a non-zero rational. False means no
+    such proof, not equality. Expressions with integrals, limits or derivatives are not tried."""
+    from sympy import Derivative, Expr, Integral, Limit, Rational, Symbol
+
+    if not (isinstance(a, Expr) and isinstance(b, Expr)) or isinstance(a, Symbol) or isinstance(b, Symbol):
+        return False
+    diff = a - b
+    if diff.has(Integral, Limit, Derivative):
+        return False
+    symbols = sorted(diff.free_symbols, key=str)
+    if len(symbols) > len(_POINT_SETS[0]):
+        return False
+    for points in _POINT_SETS:
+        values = [Rational(p) for p in points[:len(symbols)]]
+        if not all(_fits(sym, val) for sym, val in zip(symbols, values)):
+            continue
+        try:
+            value = (diff.subs(dict(zip(symbols, values))) if symbols else diff).doit()
+        except Exception:  # noqa: BLE001 - no proof at this point
+            continue
+        if value.is_Rational and value != 0:
+            return True
+        if not symbols:
+            break
+    return False
+
+
+@contextmanager
+def _symbolic_shortcut():
+    """math-verify with its simplify step skipped where `differs_at_a_point` settles it. Scoped to
+    our calls (the name is looked up at call time), so other users of math-verify see it unchanged."""
+    import math_verify.grader as mv
+
+    original = mv.sympy_symbolic_eq
+
+    def symbolic_eq(a, b):
+        return False if differs_at_a_point(a, b) else original(a, b)
+
+    mv.sympy_symbolic_eq = symbolic_eq
+    try:
+        yield
+    finally:
+        mv.sympy_symbolic_eq = original
+
+
 def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: int | None,
-                      tail: str | None = None) -> tuple[bool, str]:
+                      tail: str | None = None, *, ordered_lists: bool = False,
+                      rel_tolerance: float | None = None) -> tuple[bool, str]:
     """math-verify on one answer against reference variants: (correct, "math_verify"|"mismatch"|"timeout"),
     plus, when the answer was found in ``tail``, the text math-verify read there.
 
     ``tail`` is the end of the response when the answer was found by the prose heuristics (or not
     at all): math-verify's own extraction reads it too (matrices, answers in $...$ the heuristics
     missed). `timeout` is math-verify's own per-call limit in whole seconds (``signal.alarm``);
-    None turns it off, for workers whose deadline the caller enforces.
+    None turns it off, for workers whose deadline the caller enforces. ``ordered_lists`` and
+    ``rel_tolerance`` are the house rules of :mod:`grading.rules`.
     """
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
@@ -133,6 +206,12 @@ def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: in
         nonlocal timed_out
         for g in gold:
             for t in targets:
+                if rel_tolerance is not None:
+                    close = _numerically_close(g, t, rel_tolerance)
+                    if close is not None:       # two numbers, one of them a decimal: the rule decides
+                        if close:
+                            return True
+                        continue
                 try:
                     if verify(g, t, timeout_seconds=timeout, raise_on_error=True) and not _exactly_unequal(g, t):
                         return True
@@ -142,19 +221,83 @@ def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: in
                     pass
         return False
 
+    with _symbolic_shortcut():
+        return _check(answer, variants, tail, parsed, shown_equal, lambda: timed_out, ordered_lists)
+
+
+def _check(answer, variants, tail, parsed, shown_equal, timed_out, ordered_lists) -> tuple:
     unnamed = _NAMES_RE.sub("", answer) if answer is not None else None
     golds = [parsed(variant) for variant in variants]
     if answer is not None:
         for variant, gold in zip(variants, golds):
             # "L = 4" answers "4", "(a, b) = (1, 2) and (a, b) = (2, 1)" answers "(1, 2), (2, 1)"
-            if shown_equal(gold, parsed(answer if "=" in variant else unnamed)):
+            text = answer if "=" in variant else unnamed
+            pairs = _ordered_items(text, variant) if ordered_lists else None
+            if pairs is not None:           # two bare lists, compared item by item in order
+                if pairs and all(shown_equal(parsed(f"${v}$", raw=True), parsed(f"${a}$", raw=True))
+                                 for a, v in pairs):
+                    return True, "math_verify"
+                continue
+            if shown_equal(gold, parsed(text)):
                 return True, "math_verify"
     if tail:                           # math-verify's own reading of the response's end
         targets = parsed(tail, raw=True)
         if any(shown_equal(gold, targets) for gold in golds):
             # what it read there is the answer (its string form comes last in a parse result)
             return True, "math_verify", str(targets[-1]) if targets else None
-    return False, "timeout" if timed_out else "mismatch"
+    return False, "timeout" if timed_out() else "mismatch"
+
+
+def _numerically_close(gold, target, rel: float) -> bool | None:
+    """Whether two parsed numbers are within ``rel``; None unless both are numbers (no free
+    symbols) and at least one side holds a decimal (two exact values stay exact)."""
+    from sympy import Basic, Float
+
+    if not (isinstance(gold, Basic) and isinstance(target, Basic)):
+        return None
+    if not (getattr(gold, "is_number", False) and getattr(target, "is_number", False)):
+        return None
+    if not (gold.has(Float) or target.has(Float)):
+        return None
+    try:
+        g, t = complex(gold.evalf(30)), complex(target.evalf(30))
+    except (TypeError, ValueError):
+        return None
+    if g.imag or t.imag or not all(map(math.isfinite, (g.real, t.real))):
+        return None
+    return within_tolerance(g.real, t.real, rel)
+
+
+def _top_level_items(latex: str) -> list[str] | None:
+    """The items of a bare comma list ("1, 3, 2": no enclosing brackets), else None."""
+    s = latex.strip()
+    s = s[1:-1].strip() if s.startswith("$") and s.endswith("$") and len(s) > 1 else s
+    items, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        ch = s[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0 and i == len(s) - 1 and not items and start == 0:
+                return None                 # the whole string is one bracketed group
+        elif ch == "," and depth == 0:
+            items.append(s[start:i].strip())
+            start = i + 1
+        i += 1
+    items.append(s[start:].strip())
+    return items if len(items) >= 2 and all(items) else None
+
+
+def _ordered_items(answer: str | None, variant: str) -> list[tuple[str, str]] | None:
+    """Item pairs of two bare lists in order ([] when their lengths differ); None unless both
+    are bare lists."""
+    if answer is None:
+        return None
+    a, v = _top_level_items(to_latex(answer)), _top_level_items(to_latex(variant))
+    if a is None or v is None:
+        return None
+    return list(zip(a, v)) if len(a) == len(v) else []
 
 
 # Left-hand sides naming the answer: "x =", "f(n) =", "a_{10} =", "(x, y) =" (not "<=", ">=", "==").

@@ -8,7 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from common.io import JsonlError, iter_jsonl
-from grading.grader import Grader, GradingInputError
+from grading.grader import Grader, GradingInputError, Verdict
+from grading.paper import paper_is_equiv, paper_last_box
+from grading.rules import HouseRules
+
+PROTOCOLS = ("mixdistill", "paper")
+
 
 def _check_fields(row: dict, where: str, response_field: str, reference_field: str) -> None:
     for field, ok, expected in (
@@ -37,13 +42,26 @@ def _read_rows(path: Path, response_field: str, reference_field: str) -> list[di
     return rows
 
 
+def _paper_verdict(response: str, reference) -> Verdict:
+    box = paper_last_box(response)
+    if box is None:
+        return Verdict(None, False, "no_answer")
+    return Verdict(box, paper_is_equiv(response, reference), "paper_rule")
+
+
 def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
-               response_field: str = "response", reference_field: str = "reference") -> dict:
+               response_field: str = "response", reference_field: str = "reference",
+               rules: HouseRules | None = None, protocol: str = "mixdistill") -> dict:
     """Grade a JSONL file of responses; write each row plus extracted_answer/correct/grade_method.
 
+    ``protocol``: "mixdistill" (our grader: extraction heuristics, house rules, math-verify) or
+    "paper" (the published rule of Li et al. 2025 alone, :mod:`grading.paper`: the last box,
+    string-normalised equality; no judge, no math-verify; methods "paper_rule" / "no_answer").
     All input is validated before anything is written, and the output appears (atomically, by
     rename) only when grading succeeded. Returns {n, correct, accuracy, by_method}.
     """
+    if protocol not in PROTOCOLS:
+        raise GradingInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.is_dir():
         raise GradingInputError(f"{out_path}: is a folder; name the output file (e.g. {out_path / 'graded.jsonl'})")
@@ -52,8 +70,11 @@ def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
     if in_path.exists() and out_path.exists() and in_path.resolve() == out_path.resolve():
         raise GradingInputError(f"{out_path}: is the input file; write the graded lines elsewhere")
     rows = _read_rows(in_path, response_field, reference_field)
-    with Grader(timeout_s=timeout_s, workers=workers) as grader:
-        verdicts = grader.grade_many([r[response_field] for r in rows], [r[reference_field] for r in rows])
+    if protocol == "paper":
+        verdicts = [_paper_verdict(r[response_field], r[reference_field]) for r in rows]
+    else:
+        with Grader(timeout_s=timeout_s, workers=workers, rules=rules) as grader:
+            verdicts = grader.grade_many([r[response_field] for r in rows], [r[reference_field] for r in rows])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     try:
@@ -62,6 +83,7 @@ def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
                 row = {**row, "extracted_answer": verdict.extracted, "correct": verdict.correct,
                        "grade_method": verdict.method}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; a graded file is an ordinary file
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -69,3 +91,9 @@ def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
     correct = sum(v.correct for v in verdicts)
     return {"n": len(verdicts), "correct": correct, "accuracy": correct / len(verdicts),
             "by_method": dict(Counter(v.method for v in verdicts))}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -25,19 +25,20 @@ import weakref
 from collections import Counter, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from functools import partial
 from typing import Callable
 
 from common.errors import MixdistillError
 from grading.answers import reference_variants
 from grading.extract import find_answer
+from grading.rules import HouseRules, apply_decimal_comma
 
 __all__ = ["Verdict", "Grader", "GradingInputError", "fast_verdict", "math_verify_check", "to_latex"]
 
-METHODS = ("exact", "normalized", "math_verify", "no_answer", "timeout", "error", "mismatch", "unequal")
+METHODS = ("exact", "normalized", "tolerance", "math_verify", "no_answer", "timeout", "error", "mismatch", "unequal")
 # The end of a response that math-verify's own extraction reads when the prose heuristics found
 # the answer (or none): enough for a final displayed matrix or sentence, not a whole solution.
 TAIL_CHARS = 600
-PERCENT_RULES = ("value_or_figure", "value")
 # Chinese / Japanese / Korean prose: the sentence heuristics know English only, so what they
 # return from it is no answer, and math-verify reads the response itself.
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
@@ -231,25 +232,26 @@ class _WorkerPool:
 class Grader:
     """Grades answers against references; a context manager owning its worker processes.
 
-    `timeout_s` is the budget of one (answer, reference) pair in math-verify. `percent` is a house
-    rule: "value_or_figure" (default) lets "35.7%" answer both 0.357 and 35.7 (a reference that
-    states the percent figure without the sign); "value" accepts only 0.357. `workers=0` runs
-    math-verify inline with its own ``signal.alarm`` timeouts (tests, debugging). `checker` swaps
-    the math-verify step for another picklable function with the signature of
-    `math_verify_check` (used by the tests to simulate a hanging input).
+    `timeout_s` is the budget of one (answer, reference) pair in math-verify. `rules` are the
+    house rules (percent, list order, decimal comma, numeric tolerance: see
+    :mod:`grading.rules`); the defaults are `HouseRules()`. `workers=0` runs math-verify inline
+    with its own ``signal.alarm`` timeouts (tests, debugging). `checker` swaps the math-verify
+    step for another picklable function with the signature of `math_verify_check` (used by the
+    tests to simulate a hanging input); it then also owns the list and tolerance rules.
     """
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
-                 percent: str = "value_or_figure"):
-        if percent not in PERCENT_RULES:
-            raise ValueError(f"percent must be one of {', '.join(PERCENT_RULES)}, got {percent!r}")
-        self.percent = percent
+                 rules: HouseRules | None = None):
+        self.rules = rules if rules is not None else HouseRules()
+        if not isinstance(self.rules, HouseRules):
+            raise TypeError(f"rules must be a HouseRules, got {type(rules).__name__}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
         self.timeout_s, self.workers = float(timeout_s), workers
-        self.checker = checker or math_verify_check
+        self.checker = checker or partial(math_verify_check, ordered_lists=self.rules.lists == "ordered",
+                                          rel_tolerance=self.rules.rel_tolerance)
         self._cache: dict[tuple[str, str], tuple[bool, str]] = {}
         self._pool: _WorkerPool | None = None
         # where the work went, for reports: pairs seen, answered from cache, settled cheaply, sent on
@@ -292,23 +294,26 @@ class Grader:
     def _grade(self, answers: list[str | None], references: list, tails: list[str | None]) -> list[Verdict]:
         keys = [None if a is None and t is None else (a, _ref_key(r), t)
                 for a, r, t in zip(answers, references, tails)]
-        undecided: dict[tuple, tuple[str, ...]] = {}
+        undecided: dict[tuple, tuple] = {}   # key -> (answer as graded, reference variants)
         self.stats["pairs"] += len(keys)
         for key, reference in zip(keys, references):
             if key is None or key in self._cache or key in undecided:
                 self.stats["cached"] += key is not None
                 continue
-            variants = tuple(reference_variants(reference))
-            if self.percent == "value_or_figure" and key[0] is not None:
+            answer, variants = key[0], tuple(reference_variants(reference))
+            if self.rules.decimal_comma:
+                answer = None if answer is None else apply_decimal_comma(answer)
+                variants = tuple(apply_decimal_comma(v) for v in variants)
+            if self.rules.percent == "value_or_figure" and answer is not None:
                 # the percent figure with or without its sign: "28" answers "28%" and back
-                variants += (tuple(v + "\\%" for v in variants if "%" not in v) if "%" in key[0] else
+                variants += (tuple(v + "\\%" for v in variants if "%" not in v) if "%" in answer else
                              tuple(v.replace("\\%", "").replace("%", "") for v in variants if "%" in v))
-            settled = fast_verdict(key[0], variants) if key[0] is not None else None
+            settled = fast_verdict(answer, variants, self.rules.rel_tolerance) if answer is not None else None
             if settled is not None and (settled[0] or key[2] is None):
                 self._cache[key] = settled
                 self.stats["cheap"] += 1
             else:
-                undecided[key] = variants
+                undecided[key] = (answer, variants)
         self.stats["math_verify"] += len(undecided)
         if undecided:
             self._cache.update(self._math_verify(undecided))
@@ -324,23 +329,23 @@ class Grader:
             verdicts.append(Verdict(read[0] if read and read[0] else key[0], correct, method))
         return verdicts
 
-    def _math_verify(self, undecided: dict[tuple, tuple[str, ...]]) -> dict:
-        items = list(undecided.items())
+    def _math_verify(self, undecided: dict[tuple, tuple]) -> dict:
+        items = [(key, answer, variants) for key, (answer, variants) in undecided.items()]
         if self.workers == 0:
             # math-verify's own alarm needs the main thread; elsewhere it must run without one
             in_main = threading.current_thread() is threading.main_thread()
             limit = max(1, math.ceil(self.timeout_s)) if in_main else None
             out = {}
-            for key, variants in items:
+            for key, answer, variants in items:
                 try:
-                    out[key] = self.checker(key[0], variants, limit, key[2])
+                    out[key] = self.checker(answer, variants, limit, key[2])
                 except Exception:  # noqa: BLE001
                     out[key] = (False, "error")
             return out
         if self._pool is None:
             self._pool = _WorkerPool(self.workers, self.checker, self.timeout_s)
-        results = self._pool.run([(i, key[0], variants, key[2]) for i, (key, variants) in enumerate(items)])
-        return {key: results[i] for i, (key, _) in enumerate(items)}
+        results = self._pool.run([(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)])
+        return {key: results[i] for i, (key, _, _) in enumerate(items)}
 
 
 def _ref_key(reference) -> str:

@@ -17,10 +17,12 @@ import json
 import re
 import sqlite3
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from generation.engines import Engine, SamplingConfig
+from generation.factory import make_engine
 
 PROMPT_VERSION = "judge-v1"      # bump when the prompt changes: cached verdicts are keyed by it
 VERDICT_CORRECT = "VERDICT: CORRECT"
@@ -44,8 +46,26 @@ JUDGE_TEMPLATE = (
 INJECTION_PATTERN = re.compile(
     r"verdict|ignore (all |the |any )?(previous|above|prior)|instruction|\bgrader\b|\bjudge\b|"
     r"\bsystem\b|\bassistant\b|mark (this|it|me) as|(output|respond|reply|say|answer) with|"
-    r"</?(candidate|reference|problem)>|this answer is correct|is (considered )?correct",
+    r"</?(candidate|reference|problem)>|this answer is correct|is (considered )?correct|"
+    # addressed to whoever grades, in other words
+    r"\b(evaluat|assess|review|check|mark|scor|rat)(or|er|ing|ers)\b|\bnote to\b|\bdear\b|"
+    r"\b(you|your) (must|should|will|are|need|task|job|role)|\blast line\b|\bfinal line\b|"
+    r"\b(write|print|type|put|return|emit|state|conclude)\b.{0,40}\b(correct|right|true|yes|accept)|"
+    r"\b(in)?correct\b|\baccept(ed|able)?\b|\bequivalent\b|\bpass(es|ed)?\b|\bgrade[ds]?\b|"
+    r"\bprompt\b|\boverride\b|\bdisregard\b|\bforget\b|\bpretend\b|\brole\b|"
+    r"[<\[]\s*/?\s*(sys|inst|im_start|im_end)\b|<\|",
     re.IGNORECASE)
+# Characters a reader does not see (zero-width, bidi controls, other format / control characters):
+# removed before the filter and before the judge sees an answer, so "VER\u200bDICT" is "VERDICT".
+_INVISIBLE = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u034f\u061c\u115f\u1160"
+                        r"\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164"
+                        r"\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb]")
+
+
+def clean_answer(answer: str) -> str:
+    """The answer as the judge sees it: NFKC-normalised (full-width and styled letters become plain
+    ones), invisible and control characters removed."""
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", answer))
 
 
 @dataclass
@@ -80,11 +100,25 @@ def parse_verdict(raw: str) -> bool | None:
 
 
 def looks_like_injection(answer: str) -> bool:
-    return bool(INJECTION_PATTERN.search(answer))
+    """Verdict-like text or words addressed to a grader, after `clean_answer` (so invisible
+    characters and look-alike letters do not hide them). Such an answer is graded by rule only."""
+    return bool(INJECTION_PATTERN.search(clean_answer(answer)))
 
 
 def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + " [...truncated]"
+
+
+def judge_from_spec(spec: dict | None) -> tuple[Engine | None, str, int]:
+    """A judge from its params (``eval.judge`` / ``curate.correctness.judge``): an engine spec plus
+    ``id`` (names the judge in cache keys and audits) and ``max_tokens`` (room for the judge's
+    reasoning before its verdict line). None: rule only."""
+    if spec is None:
+        return None, "none", 256
+    spec = dict(spec)
+    max_tokens = int(spec.pop("max_tokens", 256))
+    judge_id = str(spec.pop("id", None) or json.dumps(spec, sort_keys=True))
+    return make_engine(spec), judge_id, max_tokens
 
 
 class VerdictCache:
@@ -147,7 +181,7 @@ class JudgeGrader:
 
     def judge_messages(self, problem: str, reference: str, answer: str) -> list[dict]:
         user = JUDGE_TEMPLATE.format(problem=_cap(problem, self.max_problem_chars),
-                                     reference=reference, answer=_cap(answer, self.max_answer_chars))
+                                     reference=reference, answer=_cap(clean_answer(answer), self.max_answer_chars))
         return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
     def grade(self, problems: list[str], responses: list[str], references: list[str],

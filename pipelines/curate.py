@@ -28,13 +28,16 @@ def log_run(params, source: str, result, out: Path, contract, enabled: bool) -> 
         flat = {f"curate.{k}": v for k, v in asdict(cur).items() if not isinstance(v, dict)}
         for sub in ("correctness", "quality", "dedup", "decontam", "contract"):
             flat.update({f"curate.{sub}.{k}": v for k, v in asdict(getattr(cur, sub)).items()})
+        if cur.correctness.judge is not None:     # the judge by its id: never its endpoint settings
+            flat["curate.correctness.judge"] = cur.correctness.judge.get("id") or cur.correctness.judge["kind"]
         run.log_params({k: str(v)[:500] for k, v in flat.items()})
         rep = result.report
         run.log_metrics({"input": rep["input"], "kept": rep["kept"], "rejected": rep["rejected"],
                          "kept_fraction": rep["kept_fraction"],
                          **{f"rejected.{r}": c for r, c in rep["rejected_by_reason"].items()},
-                         "contract_success": float(contract.success)})
-        for name in (names.CURATE_REPORT, names.LENGTHS_PLOT, names.CONTRACT):
+                         "contract_success": float(contract.success),
+                         **{f"judge.{k}": v for k, v in rep.get("judge", {}).items() if k != "judge"}})
+        for name in (names.CURATE_REPORT, names.LENGTHS_PLOT, names.CONTRACT, names.JUDGE_AUDIT):
             if (out / name).exists():
                 run.log_artifact(out / name)
         if contract.docs_path and Path(contract.docs_path).exists():
@@ -52,10 +55,15 @@ def main(argv=None) -> int:
         traces_path = layout.traces(args.source)
         if not traces_path.exists():
             raise SourceError(f"{traces_path}: not found; run the traces stage first")
+        if not (layout.student / "config.json").exists():
+            raise SourceError(f"{layout.student}: no student model here (its tokenizer counts the tokens); "
+                              "run the student stage first")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(layout.student)
-        result = curate_frame(pl.read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS)
+        result = curate_frame(pl.read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS,
+                              judge_cache=layout.curate_judge_cache)
+        audit = result.report.get("judge", {}).pop("audit", None)
         result.report.update(source=args.source, timings_s={k: round(v, 3) for k, v in result.timings.items()})
         final = layout.curated(args.source)
         with atomic_dir(final) as out:
@@ -65,6 +73,8 @@ def main(argv=None) -> int:
             contract = validate_curated(result.kept, result.report, cur, args.source, out)
             result.report["contract"] = {"success": contract.success, "failures": contract.failures,
                                          "statistics": contract.statistics}
+            if audit is not None:
+                write_json(out / names.JUDGE_AUDIT, audit)
             write_json(out / names.CURATE_REPORT, result.report)
         log_run(params, args.source, result, final, contract, enabled=not args.no_mlflow)
         rep = result.report

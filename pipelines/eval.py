@@ -6,6 +6,10 @@
 
 The work is :func:`evaluation.run.evaluate` (resumable generation, grading, scores); this stage
 logs the result into the checkpoint's own MLflow run (the base model gets a run of its own).
+Under ``eval.protocol: paper`` both scorings are logged: ``eval/<bench>/accuracy`` is the
+paper's, ``eval/<bench>/mixdistill_accuracy`` ours on the same samples (tag
+``mixdistill.eval.protocol``; ``mixdistill.eval.protocol_deviations`` lists eval.sampling keys
+that depart from the paper's decoding).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ AUDIT_COLUMNS = ["kind", "benchmark", "problem_id", "sample_idx", "problem", "ex
 
 
 def mlflow_metrics(scores: dict) -> dict[str, float]:
-    # MLflow metric names may not contain '@'.
+    # MLflow metric names may not contain '@'. Strings (``protocol``) are tags, not metrics.
     return {f"eval/{bench}/{k.replace('@', '_at_')}": float(v) for bench, m in scores.items()
             for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -39,7 +43,10 @@ def log_run(result: dict, params, layout) -> str:
         print(f"eval: warning: MLflow run {run_id} (from {run_file}) is not in the store "
               f"{tracking.tracking_uri(params)}; logging to a new run named '{name}'", file=sys.stderr)
         run_id = None
-    tags = {"mixdistill.model": name, "mixdistill.eval.judge": result["judge_id"]}
+    tags = {"mixdistill.model": name, "mixdistill.eval.judge": result["judge_id"],
+            "mixdistill.eval.protocol": result.get("protocol", "mixdistill")}
+    if result.get("protocol_deviations"):
+        tags["mixdistill.eval.protocol_deviations"] = "; ".join(result["protocol_deviations"])
     with tracking.open_run(params, name=name, tags=tags, run_id=run_id) as run:
         run.log_metrics(mlflow_metrics(result["scores"]))
         run.log_table({c: [str(a.get(c, "")) for a in result["audit"]] for c in AUDIT_COLUMNS},
@@ -106,9 +113,12 @@ def main(argv=None) -> int:
         if not args.no_mlflow:
             log_run(result, params, layout)
         for bench, m in result["scores"].items():
-            print(f"{args.model} / {bench}: accuracy {m['accuracy']:.3f} (rule {m['accuracy_rule']:.3f}), "
-                  f"boxed {m['boxed_rate']:.2f}, {m['mean_response_tokens']:.0f} tokens, "
-                  f"truncated {m['truncation_rate']:.2f}")
+            ours = (f"; mixdistill grader {m['mixdistill_accuracy']:.3f} (rule {m['mixdistill_accuracy_rule']:.3f})"
+                    if "mixdistill_accuracy" in m else "")
+            label = f"{m['protocol']} " if "protocol" in m else ""
+            print(f"{args.model} / {bench}: {label}accuracy {m['accuracy']:.3f} "
+                  f"(rule {m['accuracy_rule']:.3f}){ours}, boxed {m['boxed_rate']:.2f}, "
+                  f"{m['mean_response_tokens']:.0f} tokens, truncated {m['truncation_rate']:.2f}")
         print(f"eval: {result['generated']} samples generated, {result['reused']} reused; outputs in {result['out']}")
 
     return stage.run(f"eval@{args.model or 'calibrate'}", body)

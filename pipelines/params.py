@@ -26,6 +26,9 @@ __all__ = ["Params", "ParamsError", "apply_preset", "load_params", "parse_params
 
 # Sections a preset may overlay (what to train and where files live are never a preset's to change).
 PRESETTABLE = ("problems", "student", "curate", "mix", "train", "eval", "report")
+# Every top-level section params.yaml may have (a misspelt one is an error, not ignored).
+SECTIONS = ("preset", "presets", "paths", "problems", "student", "sources", "champ", "curate", "groups",
+            "mix", "train", "eval", "report", "tracking")
 
 
 @dataclass
@@ -87,6 +90,9 @@ def apply_preset(raw: dict) -> dict:
 
 def parse_params(raw: dict) -> Params:
     """Type and cross-check a params mapping (as read from params.yaml)."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"params: unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}")
     preset = raw.get("preset", "default")
     if not isinstance(preset, str):
         raise ParamsError(f"preset: {preset!r} must be a preset name")
@@ -99,10 +105,19 @@ def parse_params(raw: dict) -> Params:
     settings = champ.get("settings") or []
     if not isinstance(settings, list) or not all(isinstance(x, str) for x in settings):
         raise ParamsError("champ.settings: expected a list of CHAMP prompt setting names")
+    problems = parse_problems(eff)
+    curate = parse_curate(eff, evaluation.benchmarks)
+    if problems.test_fraction == 0:
+        # no held-out split: the leak check is decontamination against every eval benchmark
+        for name, spec in evaluation.benchmarks.items():
+            if spec.get("kind") == "champ_heldout":
+                raise ParamsError(f"eval.benchmarks.{name}: kind champ_heldout needs a held-out split, "
+                                  "but problems.test_fraction is 0")
+        curate.decontam.benchmarks = sorted(set(curate.decontam.benchmarks) | set(evaluation.benchmarks))
     return Params(
         raw=eff, preset=preset, paths=build(Paths, section(eff, "paths"), "paths"),
-        problems=parse_problems(eff), student=parse_student(eff), sources=sources, champ_settings=settings,
-        curate=parse_curate(eff, evaluation.benchmarks), groups=groups, mix=mix,
+        problems=problems, student=parse_student(eff), sources=sources, champ_settings=settings,
+        curate=curate, groups=groups, mix=mix,
         train=parse_train(eff, list(mix.mixes)), eval=evaluation, report=_report(eff, mix),
         tracking=build(TrackingParams, section(eff, "tracking", required=False), "tracking"))
 

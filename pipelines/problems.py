@@ -6,7 +6,7 @@ import sys
 
 from common import layout as names
 from common.io import atomic_dir, write_json
-from curation.sources import load_problem_set, split_problems
+from curation.problem_sets import load_problem_set, split_problems
 from evaluation.benchmarks import load_benchmark
 from pipelines import stage
 from pipelines.params import load_params

@@ -35,8 +35,9 @@ from common.errors import MixdistillError
 from common.io import replace_dir
 from curation.mixing import MixIntegrityError, verify_mix_dir
 from pipelines import stage, tracking
+from pipelines.recipe import describe
 from pipelines.params import Params, load_params
-from training.config import TrainParams
+from training.config import TrainParams, recipe_for
 from training.data import prepare_sft_data
 from training.student import load_student, read_provenance
 from training.trainer import prepare_work_dir, train_sft
@@ -105,7 +106,8 @@ def log_run_inputs(run, cfg: TrainParams, mix: str, manifest: dict, manifest_pat
         logged[f"mix.achieved.{component}.count"] = achieved.get("count")
     for key, value in cfg.to_flat_dict().items():
         logged[f"train.{key}"] = json.dumps(value) if isinstance(value, list) else value
-    for key in ("n_examples", "n_dropped_over_cutoff", "tokens", "assistant_tokens", "max_tokens"):
+    for key in ("n_examples", "n_dropped_over_cutoff", "n_truncated_over_cutoff", "tokens", "assistant_tokens",
+                "max_tokens"):
         logged[f"data.{key}"] = data_stats[key]
     run.log_params({k: ("null" if v is None else v) for k, v in logged.items()})
     run.log_dataset(rows, source=str(manifest_path.resolve()), name=mix, digest=str(manifest.get("rows_digest")),
@@ -147,6 +149,7 @@ def train_metrics(result, data_stats: dict) -> dict:
         "resumed_from_step": result.resumed_from_step,
         "n_examples": data_stats["n_examples"],
         "n_dropped_over_cutoff": data_stats["n_dropped_over_cutoff"],
+        "n_truncated_over_cutoff": data_stats["n_truncated_over_cutoff"],
         "n_train_items": result.n_train_items,
         "trainable_parameters": result.trainable_parameters,
     }
@@ -154,9 +157,10 @@ def train_metrics(result, data_stats: dict) -> dict:
 
 def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
     """Train one mix; returns the metrics written to ``train_metrics.json``."""
-    layout, cfg = params.layout, params.train
+    layout = params.layout
     if mix not in params.mix.mixes:
         raise TrainStageError(f"--mix: unknown mix '{mix}' (mixes under mix.mixes: {sorted(params.mix.mixes)})")
+    cfg = recipe_for(params.train, mix)          # train: with train.arms.<mix> merged over it
     mix_dir = layout.mix(mix)
     manifest = verify_mix(mix_dir, layout.curated_root if layout.curated_root.is_dir() else None)
     student = check_student(layout.student, params)
@@ -188,6 +192,10 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
         if run.run_id:
             run_id_path.write_text(run.run_id + "\n")
         log_run_inputs(run, cfg, mix, manifest, mix_dir / names.MANIFEST, rows, student, data.stats)
+        recipes = describe(params, with_data=False)      # this arm beside the others: same recipe or not
+        run.log_dict({"arm": mix, **recipes}, "recipe_parity.json")
+        run.set_tags({"mixdistill.arm_parity": "only the data differs" if not recipes["parity"]
+                      else f"{len(recipes['parity'])} recipe difference(s) between arms"})
         callback = run.metrics_callback()
         result = train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint,
                            run_name=mix, callbacks=[callback] if callback else [])

@@ -11,10 +11,12 @@ from pathlib import Path
 from common.params import ParamsError, build, section, is_int as _is_int, is_number as _is_number
 
 METHODS = ("full", "lora")
-OVER_CUTOFF = ("error", "drop")
+OVER_CUTOFF = ("error", "drop", "truncate")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 # Keys of ``train:`` that describe *what* to train rather than *how*: a preset may not change them.
 NOT_PRESETTABLE = ("mixes",)
+# Keys an arm (``train.arms.<mix>``) may not override: which mixes train, and the arms themselves.
+NOT_PER_ARM = ("mixes", "arms")
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainParams:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     cutoff_len: int = 1024
-    over_cutoff: str = "error"         # error | drop (with a logged count)
+    over_cutoff: str = "error"         # error | drop | truncate (each with a logged count)
     packing: bool = True
     pack_tokens: int = 2048            # token budget of one pack (packing on)
     batch_size: int = 1                # per device: packs (packing on) or examples (packing off)
@@ -59,11 +61,17 @@ class TrainParams:
     logging_steps: int = 1
     deepspeed: str | None = None       # path to a DeepSpeed JSON config (GPU only)
     lora: LoraParams = field(default_factory=LoraParams)
+    # per-mix overrides of the keys above: {mix_long: {batch_size: 5, cutoff_len: 4096}} (the
+    # paper trained its arms with different recipes; `mixdistill recipe` prints the difference)
+    arms: dict = field(default_factory=dict)
 
     def to_flat_dict(self) -> dict:
-        """``{"lora.r": 16, "learning_rate": 5e-05, ...}``: for tracking and fingerprints."""
+        """``{"lora.r": 16, "learning_rate": 5e-05, ...}``: for tracking and fingerprints (the
+        recipe of one arm: build it with :func:`recipe_for`; ``arms`` is left out)."""
         flat = {}
         for key, value in asdict(self).items():
+            if key == "arms":
+                continue
             if isinstance(value, dict):
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
@@ -155,7 +163,37 @@ def parse_train(params: dict, mix_names) -> TrainParams:
                 _fail(key, f"{raw[key]!r} is not a number")
     params_obj = build(TrainParams, raw, "train")
     _validate(params_obj, mix_names)
+    arms = params_obj.arms
+    if not isinstance(arms, dict):
+        _fail("arms", f"expected a mapping of mix name -> train keys, got {type(arms).__name__}")
+    for mix, overrides in arms.items():
+        if mix not in mix_names:
+            _fail(f"arms.{mix}", f"unknown mix '{mix}' (mixes under mix.mixes: {sorted(mix_names)})")
+        if not isinstance(overrides, dict):
+            _fail(f"arms.{mix}", "expected a mapping of train keys")
+        fixed = sorted(set(overrides) & set(NOT_PER_ARM))
+        if fixed:
+            _fail(f"arms.{mix}", f"{fixed} cannot be set per arm")
+        recipe_for(params_obj, mix, mix_names)      # validates the arm's effective recipe
     return params_obj
+
+
+def recipe_for(train: TrainParams, mix: str, mix_names=None) -> TrainParams:
+    """The effective recipe of one arm: ``train:`` with ``train.arms.<mix>`` merged over it."""
+    overrides = (train.arms or {}).get(mix)
+    if not overrides:
+        return train
+    base = asdict(train)
+    for key, value in overrides.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    base["arms"] = {}
+    arm = build(TrainParams, base, f"train.arms.{mix}")
+    try:
+        _validate(arm, list(mix_names) if mix_names is not None else arm.mixes)
+    except ParamsError as exc:
+        raise ParamsError(str(exc).replace("train.", f"train.arms.{mix}.", 1)) from None
+    arm.arms = dict(train.arms)
+    return arm
 
 
 def parse_student(params: dict) -> StudentParams:

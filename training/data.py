@@ -10,9 +10,11 @@ One example is ``prompt tokens + completion tokens``:
 
 Length policy: curation already rejects rows over ``cutoff_len``, so a row that still exceeds it
 means the mix was curated with another cutoff. By default that is an error (``over_cutoff:
-error``); ``over_cutoff: drop`` drops such rows and reports how many per component. Rows are never
-truncated: a cut-off solution teaches the student to stop mid-proof without an answer, and
-dropping silently would change the mix's shares.
+error``); ``over_cutoff: drop`` drops such rows and reports how many per component;
+``over_cutoff: truncate`` cuts them at the cutoff (LLaMA-Factory's behaviour, for runs that
+reproduce it) and reports how many per component. Nothing is cut or dropped silently: a cut-off
+solution teaches the student to stop mid-proof without an answer, and a silent drop would
+change the mix's shares.
 
 Packing (on by default) groups examples into packs of at most ``pack_tokens`` by best-fit
 decreasing; a batch is flattened padding-free by ``transformers.DataCollatorWithFlattening`` into
@@ -103,7 +105,14 @@ def prepare_sft_data(rows: list[dict], tokenizer, cutoff_len: int, over_cutoff: 
             f"{len(encoded[worst]['input_ids'])}, trace {rows[worst].get('trace_id', worst)}). Curation should "
             "have rejected them: re-curate with curate.cutoff_len <= train.cutoff_len, raise train.cutoff_len, "
             "or set train.over_cutoff: drop")
-    dropped = set(over)
+    truncated = set(over) if over_cutoff == "truncate" else set()
+    for i in sorted(truncated):      # as LLaMA-Factory does at its cutoff: counted, never silent
+        encoded[i] = {**encoded[i], "input_ids": encoded[i]["input_ids"][:cutoff_len],
+                      "labels": encoded[i]["labels"][:cutoff_len]}
+    if truncated:
+        log.warning("truncated %d of %d examples to cutoff_len=%d (by component: %s)", len(truncated), len(rows),
+                    cutoff_len, dict(Counter(str(rows[i].get("component", "all")) for i in truncated)))
+    dropped = set(over) - truncated
     if dropped:
         by_component = Counter(str(rows[i].get("component", "all")) for i in dropped)
         log.warning("dropped %d of %d examples over cutoff_len=%d (by component: %s)",
@@ -117,6 +126,8 @@ def prepare_sft_data(rows: list[dict], tokenizer, cutoff_len: int, over_cutoff: 
         "n_dropped_over_cutoff": len(dropped),
         "dropped_by_component": dict(Counter(str(rows[i].get("component", "all")) for i in dropped)),
         "dropped_trace_ids": [rows[i].get("trace_id") for i in sorted(dropped)],
+        "n_truncated_over_cutoff": len(truncated),
+        "truncated_by_component": dict(Counter(str(rows[i].get("component", "all")) for i in truncated)),
         "tokens": sum(lengths),
         "assistant_tokens": sum(sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in examples),
         "max_tokens": max(lengths) if lengths else 0,

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from evaluation import benchmarks as bm
-from evaluation.benchmarks import BENCHMARK_COLUMNS, BenchmarkError, last_boxed, load_benchmark
+from evaluation.benchmarks import BENCHMARK_COLUMNS, REFERENCE_RAW, BenchmarkError, last_boxed, load_benchmark
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/benchmarks not present")
@@ -31,7 +31,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 ])
 def test_shared_files_load(fmt, file, count, first_id, first_answer):
     frame = load_benchmark(fmt, {"kind": "file", "format": fmt, "path": str(SHARED / file)})
-    assert frame.columns == list(BENCHMARK_COLUMNS)
+    assert frame.columns == [*BENCHMARK_COLUMNS, REFERENCE_RAW]
     assert frame.height == count
     assert frame["problem_id"].n_unique() == count
     assert (frame["problem_id"][0], frame["reference_answer"][0]) == (first_id, first_answer)
@@ -56,12 +56,30 @@ def test_shared_answer_normalisation():
     assert gsm["reference_answer"].to_list() == ["18", "3", "70000"]
 
 
+@needs_shared
+@pytest.mark.benchmarks
+def test_shared_raw_references_are_the_published_fields():
+    """``reference_raw`` keeps what the paper's scorer read: untouched, JSON-typed."""
+    def raw(fmt, file):
+        frame = load_benchmark(fmt, {"kind": "file", "format": fmt, "path": str(SHARED / file)})
+        return dict(zip(frame["problem_id"], (json.loads(v) for v in frame[REFERENCE_RAW])))
+
+    assert raw("amc23", "amc23.jsonl")["amc23-0"] == 27.0                    # a float, as published
+    assert raw("aime24", "aime24.jsonl")["aime24-67"] == "025"
+    ob = raw("olympiadbench", "olympiadbench.jsonl")
+    assert ob["olympiadbench-1606"] == ["2"]
+    assert ["$69$,$84$"] in ob.values() and [r"$\frac{1}{2 n+2}$"] in ob.values()
+    assert raw("gsm8k", "gsm8k_test.jsonl")["gsm8k-0"].endswith("#### 18")
+
+
 def test_math_format_takes_last_balanced_boxed(tmp_path):
     path = write_jsonl(tmp_path / "math.jsonl", [
         {"problem": "p1", "solution": r"so \boxed{2} then \boxed{\frac{1}{2}}.", "unique_id": "a"},
         {"problem": "p2", "solution": r"\fbox{x^{2}}", "level": "Level 1"}])
     frame = load_benchmark("math", {"kind": "file", "format": "math", "path": str(path)})
-    assert frame.rows() == [("a", "p1", r"\frac{1}{2}", "math"), ("math-1", "p2", "x^{2}", "math")]
+    assert frame.drop(REFERENCE_RAW).rows() == [("a", "p1", r"\frac{1}{2}", "math"), ("math-1", "p2", "x^{2}", "math")]
+    # the paper's protocol reads MATH's reference from the solution itself
+    assert json.loads(frame[REFERENCE_RAW][0]) == r"so \boxed{2} then \boxed{\frac{1}{2}}."
     assert last_boxed(r"\boxed{unclosed") is None
 
 
@@ -90,7 +108,7 @@ def test_hub_loading_uses_published_defaults(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     frame = load_benchmark("gsm8k", {"kind": "hf", "format": "gsm8k"})
     assert calls == [("openai/gsm8k", "main", "test", None)]
-    assert frame.rows() == [("gsm8k-7", "Q?", "1234", "gsm8k")]
+    assert frame.rows() == [("gsm8k-7", "Q?", "1234", "gsm8k", '"work\\n#### 1,234"')]
     load_benchmark("g2", {"kind": "hf", "format": "gsm8k", "id": "me/gsm-copy", "split": "dev", "revision": "abc"})
     assert calls[1] == ("me/gsm-copy", None, "dev", "abc")
 

@@ -8,6 +8,7 @@ import pytest
 
 from grading.files import grade_file
 from grading.grader import Grader, GradingInputError, Verdict, fast_verdict
+from grading.rules import HouseRules
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +102,11 @@ def test_math_verify_false_positive_on_factorials_is_caught_exactly(inline):
 
 @pytest.mark.parametrize("rule, figure_ok", [("value_or_figure", True), ("value", False)])
 def test_percent_is_a_documented_house_rule(rule, figure_ok):
-    with Grader(workers=0, percent=rule) as grader:
+    with Grader(workers=0, rules=HouseRules(percent=rule)) as grader:
         got = grader.grade_answers([r"35.7\%", "28", "35.7%", "0.28"], ["35.7", r"28\%", "0.357", "28%"])
     assert [v.correct for v in got] == [figure_ok, figure_ok, True, True]    # the value always counts
     with pytest.raises(ValueError, match="percent must be one of"):
-        Grader(percent="lenient")
+        HouseRules(percent="lenient")
 
 
 def test_extraction_keeps_signs_bare_letters_and_answer_lists(inline):

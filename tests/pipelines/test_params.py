@@ -55,14 +55,16 @@ def test_errors_name_the_key_path(mutate, message):
         parse_params(_with(mutate))
 
 
-def test_paper_preset_overlays_student_and_train_only():
+def test_paper_preset_overlays_student_train_and_the_curation_cutoff():
     raw = _with(lambda p: p.update(preset="paper"))
     params = parse_params(raw)
     assert (params.student.model, params.student.dtype) == ("Qwen/Qwen2.5-3B-Instruct", "bfloat16")
     assert (params.train.learning_rate, params.train.epochs, params.train.cutoff_len) == (1e-5, 2, 8192)
     assert params.train.mixes == BASE["train"]["mixes"]            # what to train stays
     assert params.train.lora.r == BASE["train"]["lora"]["r"]       # merged key by key
-    assert params.curate == parse_params(BASE).curate
+    default = parse_params(BASE).curate
+    assert (params.curate.cutoff_len, params.curate.max_tokens, params.curate.over_cutoff) == (8192, 16384, "flag")
+    assert params.curate.correctness == default.correctness and params.curate.dedup == default.dedup
     assert apply_preset(BASE) is BASE                              # default: the sections as written
 
 

@@ -57,7 +57,7 @@ def test_mixes_default_to_every_mix():
     (train_section(learning_rate=0), r"train.learning_rate: 0 must be a number > 0"),
     (train_section(method="qlora"), r"train.method: 'qlora' must be one of full, lora"),
     (train_section(cutoff_len=1024, pack_tokens=512), r"train.pack_tokens: 512 is below cutoff_len 1024"),
-    (train_section(over_cutoff="truncate"), r"train.over_cutoff: 'truncate' must be one of error, drop"),
+    (train_section(over_cutoff="cut"), r"train.over_cutoff: 'cut' must be one of error, drop, truncate"),
     (train_section(bf16="yes"), r"train.bf16: 'yes' must be auto, true or false"),
     (train_section(deepspeed="configs/nope.json"), r"train.deepspeed: 'configs/nope.json' is not a file"),
     (train_section(save_steps=0), r"train.save_steps: 0 must be a positive integer"),
@@ -90,7 +90,7 @@ def test_deepspeed_config_reaches_the_training_arguments(repo_params, tmp_path):
     kwargs = training_arguments_kwargs(cfg, tmp_path, bf16=True)
     path = REPO / "configs" / "deepspeed_zero3.json"
     assert kwargs["deepspeed"] == str(path)
-    assert (kwargs["bf16"], kwargs["activation_checkpointing"], kwargs["gradient_accumulation_steps"]) == (True, True, 4)
+    assert (kwargs["bf16"], kwargs["activation_checkpointing"], kwargs["gradient_accumulation_steps"]) == (True, True, 1)   # the long/short arms: exp/MATH_long_CoT.yaml
     ds = json.loads(path.read_text())
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True

@@ -76,6 +76,12 @@ def test_over_cutoff_rows_fail_by_default_and_are_never_truncated(tokenizer):
     kept = [n for n in lengths if n <= cutoff]
     assert sorted(len(e["input_ids"]) for e in data.examples) == sorted(kept)   # whole, not cut
 
+    cut = prepare_sft_data(rows, tokenizer, cutoff_len=cutoff, over_cutoff="truncate")   # as LLaMA-Factory
+    assert (cut.stats["n_truncated_over_cutoff"], cut.stats["n_dropped_over_cutoff"]) == (3, 0)
+    assert sum(cut.stats["truncated_by_component"].values()) == 3
+    assert sorted(len(e["input_ids"]) for e in cut.examples) == sorted(min(n, cutoff) for n in lengths)
+    assert all(len(e["labels"]) == len(e["input_ids"]) for e in cut.examples)
+
 
 def test_best_fit_decreasing_packing():
     # 5 -> new pack (room 3); 4 -> new (room 4); 3 -> best fit is room 3; 3 -> room 4;

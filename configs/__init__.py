@@ -1,0 +1,1 @@
+"""Configuration files and the script that writes configs/paper.params.yaml."""
