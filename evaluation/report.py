@@ -205,7 +205,30 @@ def plot(result: dict, lengths: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def build_report(layout: Layout, cfg: ReportParams, mixes: list[str]) -> dict:
+def _arm_lines(arms: dict | None) -> list[str]:
+    """The training recipe of each arm and the ways arms differ other than their data."""
+    if not arms:
+        return []
+    lines = ["", "## Arms: training recipe and parity", "",
+             "| arm | cutoff | packing | batch x accum (per device) | lr | epochs | max steps | over cutoff |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mix, arm in arms["arms"].items():
+        r = arm["recipe"]
+        lines.append(f"| {mix} | {r['cutoff_len']} | {r['packing']} | {r['per_device_batch_size']} x {r['grad_accum']} "
+                     f"| {r['learning_rate']:g} | {r['epochs']} | {r['max_steps'] or '-'} | {r['over_cutoff']} |")
+    if arms["parity"]:
+        lines += ["", "**The arms differ in more than their data**, so a difference in their scores is not the "
+                  "data's alone:"] + [f"- {note}" for note in arms["parity"]]
+    else:
+        lines += ["", "Only the data differs between arms."]
+    lines += ["", "Per arm, optimizer steps, tokens seen and rows truncated or dropped at the cutoff are in "
+              "`<checkpoints>/<mix>.train_metrics.json` and its MLflow run; `mixdistill recipe` prints them "
+              "for built mixes before training."]
+    return lines
+
+
+def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict | None = None) -> dict:
+    """The report; ``arms`` (``pipelines.recipe.describe``) adds each arm's recipe and parity."""
     models = [cfg.baseline] + [m for m in mixes if m != cfg.baseline]
     scores, lengths, missing = collect(layout.eval_root, models)
     if not scores:
@@ -217,6 +240,8 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str]) -> dict:
     ours = result.get("mixdistill")
     if ours is not None:
         metrics["mixdistill"] = ours
+    if arms:
+        metrics["arms"] = {"recipes": {m: a["recipe"] for m, a in arms["arms"].items()}, "parity": arms["parity"]}
     write_json(out / "metrics.json", metrics)
     write_json(out / "plots" / "accuracy.json",
                [{"model": m, "benchmark": b, cfg.metric: v,
@@ -224,5 +249,5 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str]) -> dict:
                 for m, row in result[cfg.metric].items() for b, v in row.items() if v is not None])
     plot(result, lengths, out)
     with atomic_file(out / "summary.md", encoding="utf-8") as f:
-        f.write(summary_markdown(result, scores, lengths, missing))
+        f.write(summary_markdown(result, scores, lengths, missing) + "\n".join(_arm_lines(arms)) + ("\n" if arms else ""))
     return {**result, "missing": missing}

@@ -13,6 +13,7 @@ import sys
 from evaluation.report import build_report
 from pipelines import stage
 from pipelines.params import load_params
+from pipelines.recipe import describe
 
 
 def main(argv=None) -> int:
@@ -20,7 +21,8 @@ def main(argv=None) -> int:
 
     def body():
         params = load_params(args.params)
-        result = build_report(params.layout, params.report, list(params.mix.mixes))
+        result = build_report(params.layout, params.report, list(params.mix.mixes),
+                              arms=describe(params, with_data=False))
         brief = {k: result[k] for k in ("delta_long", "delta_large", "missing")}
         if "mixdistill" in result:     # a protocol other than ours: our grader's deltas beside it
             brief["mixdistill"] = {k: result["mixdistill"][k] for k in ("delta_long", "delta_large")}

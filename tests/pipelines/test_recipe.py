@@ -68,3 +68,23 @@ def test_recipe_command_prints_json_and_refuses_an_unknown_preset():
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "recipe", "--preset", "papr"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "preset: 'papr' is not defined" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_report_carries_each_arms_recipe_and_the_parity_in_words(tmp_path, monkeypatch):
+    from tests.evaluation.test_eval_stage import write_scores
+    from evaluation.report import build_report
+
+    params = _params("paper")                 # parsed in the repo: its deepspeed config path is relative
+    arms = describe(params, with_data=False)
+    monkeypatch.chdir(tmp_path)
+    for model in ["base", *params.train.mixes]:
+        write_scores(tmp_path, model, {"champ_test": 0.5}, [10])
+    from common.layout import Layout, Paths
+
+    layout = Layout(Paths(**{k: str(tmp_path / v) for k, v in vars(params.paths).items()}))
+    build_report(layout, params.report, list(params.mix.mixes), arms=arms)
+    summary = (tmp_path / "reports/summary.md").read_text()
+    assert "## Arms: training recipe and parity" in summary and "**The arms differ in more than their data**" in summary
+    assert "| mix_long | 4096 | neat | 5 x 4 |" in summary and "| long | 8192 | none | 2 x 1 |" in summary
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert metrics["arms"]["recipes"]["mix_long"]["cutoff_len"] == 4096 and metrics["arms"]["parity"]
