@@ -140,8 +140,11 @@ def differs_at_a_point(a, b) -> bool:
         values = [Rational(p) for p in points[:len(symbols)]]
         if not all(_fits(sym, val) for sym, val in zip(symbols, values)):
             continue
+        point = dict(zip(symbols, values))
+        if not _cheap_at(diff, point):
+            return False                    # exact evaluation could take longer than simplify: leave it
         try:
-            value = (diff.subs(dict(zip(symbols, values))) if symbols else diff).doit()
+            value = (diff.subs(point) if symbols else diff).doit()
         except Exception:  # noqa: BLE001 - no proof at this point
             continue
         if value.is_Rational and value != 0:
@@ -149,6 +152,35 @@ def differs_at_a_point(a, b) -> bool:
         if not symbols:
             break
     return False
+
+
+# Beyond these, exact evaluation at a point can run for minutes (factorial(factorial(14)) has 10^12
+# digits): the argument of a factorial-like function, and a power's exponent, checked numerically.
+_MAX_FACTORIAL_ARG = 10_000
+_MAX_EXPONENT = 100_000
+
+
+def _cheap_at(expr, point: dict) -> bool:
+    """Whether evaluating ``expr`` exactly at ``point`` stays small: every factorial-like argument
+    and every exponent, evaluated in floating point there, is finite and below the limits."""
+    from sympy import Pow, binomial, factorial, factorial2, gamma, preorder_traversal, subfactorial
+    from sympy.functions.combinatorial.factorials import FallingFactorial, RisingFactorial
+
+    def size(e) -> float:
+        v = complex(e.evalf(15, subs=point)) if point else complex(e.evalf(15))
+        return abs(v) if math.isfinite(abs(v)) else math.inf
+
+    try:
+        for node in preorder_traversal(expr):
+            if isinstance(node, (factorial, factorial2, gamma, subfactorial, binomial, RisingFactorial,
+                                 FallingFactorial)):
+                if any(size(arg) > _MAX_FACTORIAL_ARG for arg in node.args):
+                    return False
+            elif isinstance(node, Pow) and size(node.exp) > _MAX_EXPONENT:
+                return False
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 @contextmanager
