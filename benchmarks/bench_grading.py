@@ -164,6 +164,29 @@ def score_corpus(cases: list[dict], runs: dict[str, dict]) -> dict:
     return report
 
 
+# The corpus's house-rule categories that a grader option decides, and the settings to try.
+RULE_OPTIONS = {"percent": ("percent", ["value_or_figure", "value"]),
+                "unordered_tuple": ("lists", ["unordered", "ordered"]),
+                "decimal_comma": ("decimal_comma", [False, True]),
+                "numeric_tolerance": ("rel_tolerance", [None, 1e-4, 1e-2])}
+
+
+def house_rule_settings(cases: list[dict], workers: int, timeout: float) -> dict:
+    """Each option-backed house rule's cases graded under every setting of its option: the suites
+    disagree with each other, so no one setting gets all of them, and each suite's choice is there."""
+    from grading.rules import HouseRules
+
+    out = {}
+    for rule, (option, settings) in RULE_OPTIONS.items():
+        sub = [c for c in cases if c["house_rule"] == rule]
+        out[rule] = {}
+        for setting in settings:
+            with Grader(timeout_s=timeout, workers=workers, rules=HouseRules(**{option: setting})) as grader:
+                got = grader.grade_many([c["answer"] for c in sub], [c["reference"] for c in sub])
+            out[rule][f"{option}={setting}"] = f"{sum(v.correct == c['expected'] for v, c in zip(got, sub))}/{len(sub)}"
+    return out
+
+
 def agreement(runs: dict[str, dict]) -> dict:
     names = list(runs)
     return {f"{a}~{b}": round(sum(x == y for x, y in zip(runs[a]["verdicts"], runs[b]["verdicts"]))
@@ -190,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "settings": vars(args) | {"out": str(args.out)},
         "corpus": score_corpus(cases, corpus_runs),
+        "house_rule_settings": house_rule_settings(cases, args.workers, args.timeout),
         "champ": {"pairs": len(pairs),
                   **{name: {"pairs_per_s": r["pairs_per_s"], "seconds": r["seconds"],
                             "correct_share": round(sum(r["verdicts"]) / len(pairs), 4)}
