@@ -2,12 +2,11 @@
 MATH format, and its deterministic train/test split."""
 from __future__ import annotations
 
-import math
-
 import polars as pl
 
 from curation.errors import SourceError
-from curation.sources import champ_problems, load_hf_rows, problem_key, read_table, split_problems
+from curation.sources import (champ_problems, load_hf_rows, numeric_answer, problem_key, read_table,
+                              split_problems)
 from grading.boxes import last_boxed
 
 __all__ = ["load_problem_set", "split_problems"]
@@ -50,11 +49,8 @@ def load_problem_set(spec: dict) -> pl.DataFrame:
                     raise SourceError(f"{where}: row {row_no}: field '{cols['solution']}' has no \\boxed{{}} "
                                       "answer (format: math takes the reference from its last box)")
             else:
-                value = r[cols["reference_answer"]]
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise SourceError(f"{where}: row {row_no}: field '{cols['reference_answer']}' is {value}: "
-                                      "not an answer")
-                reference = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+                reference = str(numeric_answer(r[cols["reference_answer"]], f"{where}: row {row_no}",
+                                               cols["reference_answer"]))
             pid = str(r.get(cols["problem_id"]) or problem_key(r[cols["problem"]]))
             if pid in seen:
                 raise SourceError(f"{where}: row {row_no}: field '{cols['problem_id']}' duplicates "

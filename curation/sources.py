@@ -27,6 +27,17 @@ CHAMP_SUMMARY_PREFIX = "Now, summarize the answer above"
 
 # --------------------------------------------------------------------------- problem ids / split
 
+def numeric_answer(value, where: str, field: str, mapped: str | None = None):
+    """A number given as a reference answer, as text (5.0 -> "5"); NaN / Infinity are refused,
+    naming ``where`` and ``field``. Anything but a number is returned unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise SourceError(f"{where}: field '{field}' is {value}"
+                              f"{f' (mapped to {mapped})' if mapped else ''}: not an answer")
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return value
+
+
 def split_problems(problems: pl.DataFrame, test_fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Deterministic train/test split: problems are ranked by a seeded hash of their id, so the
     split does not depend on row order and adding a problem moves no other problem."""
@@ -252,11 +263,8 @@ def rows_to_traces(rows: list[dict], source, where: str, base_origin: dict,
                 if required:
                     raise SourceError(f"{loc}: field '{col}' is null (mapped to {schema_col})")
                 return None
-            if kind is str and isinstance(val, (int, float)) and not isinstance(val, bool) \
-                    and schema_col == "reference_answer":
-                if not math.isfinite(val):
-                    raise SourceError(f"{loc}: field '{col}' is {val} (mapped to {schema_col}): not an answer")
-                val = str(int(val)) if float(val).is_integer() else str(val)
+            if kind is str and schema_col == "reference_answer":
+                val = numeric_answer(val, loc, col, mapped=schema_col)
             if not isinstance(val, kind):
                 raise SourceError(f"{loc}: field '{col}' has type {type(val).__name__}, expected "
                                   f"{kind.__name__} (mapped to {schema_col})")

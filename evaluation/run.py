@@ -34,7 +34,7 @@ from generation.factory import make_engine
 from generation.store import SampleStore
 from grading.answers import normalize_answer
 from grading.grader import Grader
-from grading.judge import JudgeGrader, VerdictCache, calibrate_on_champ, judge_from_spec  # noqa: F401
+from grading.judge import JudgeGrader, VerdictCache, calibrate_on_champ, judge_from_spec
 
 
 def load_benchmarks(cfg: EvalParams, layout: Layout) -> dict[str, pl.DataFrame]:
@@ -96,13 +96,11 @@ def generate_missing(engine: Engine, store: SampleStore, frames: dict[str, pl.Da
 
 
 def release_engine(engine) -> None:
-    """Let go of what an engine holds (replica processes, its in-process model); the caller then
-    drops its own reference and calls :func:`free_accelerator_memory`."""
+    """Let go of what an engine holds (VLLMEngine.close: replica processes, its in-process model);
+    the caller then drops its own reference and calls :func:`free_accelerator_memory`."""
     close = getattr(engine, "close", None)
     if callable(close):
-        close()                                  # VLLMEngine: its data-parallel replica processes
-    if getattr(engine, "_llm", None) is not None:
-        engine._llm = None                       # VLLMEngine keeps its in-process vllm.LLM there
+        close()
 
 
 def free_accelerator_memory() -> None:

@@ -76,9 +76,12 @@ class VLLMEngine:
         return [parts[i % self.data_parallel_size][i // self.data_parallel_size] for i in range(len(prompts))]
 
     def close(self):
+        """Shut the replica processes down and drop the in-process model (its GPU memory goes
+        back once collected)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        self._llm = None
 
 
 def _gpu_count() -> int:

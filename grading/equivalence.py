@@ -254,30 +254,26 @@ def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: in
         return False
 
     with _symbolic_shortcut():
-        return _check(answer, variants, tail, parsed, shown_equal, lambda: timed_out, ordered_lists)
-
-
-def _check(answer, variants, tail, parsed, shown_equal, timed_out, ordered_lists) -> tuple:
-    unnamed = _NAMES_RE.sub("", answer) if answer is not None else None
-    golds = [parsed(variant) for variant in variants]
-    if answer is not None:
-        for variant, gold in zip(variants, golds):
-            # "L = 4" answers "4", "(a, b) = (1, 2) and (a, b) = (2, 1)" answers "(1, 2), (2, 1)"
-            text = answer if "=" in variant else unnamed
-            pairs = _ordered_items(text, variant) if ordered_lists else None
-            if pairs is not None:           # two bare lists, compared item by item in order
-                if pairs and all(shown_equal(parsed(f"${v}$", raw=True), parsed(f"${a}$", raw=True))
-                                 for a, v in pairs):
+        unnamed = _NAMES_RE.sub("", answer) if answer is not None else None
+        golds = [parsed(variant) for variant in variants]
+        if answer is not None:
+            for variant, gold in zip(variants, golds):
+                # "L = 4" answers "4", "(a, b) = (1, 2) and (a, b) = (2, 1)" answers "(1, 2), (2, 1)"
+                text = answer if "=" in variant else unnamed
+                pairs = _ordered_items(text, variant) if ordered_lists else None
+                if pairs is not None:           # two bare lists, compared item by item in order
+                    if pairs and all(shown_equal(parsed(f"${v}$", raw=True), parsed(f"${a}$", raw=True))
+                                     for a, v in pairs):
+                        return True, "math_verify"
+                    continue
+                if shown_equal(gold, parsed(text)):
                     return True, "math_verify"
-                continue
-            if shown_equal(gold, parsed(text)):
-                return True, "math_verify"
-    if tail:                           # math-verify's own reading of the response's end
-        targets = parsed(tail, raw=True)
-        if any(shown_equal(gold, targets) for gold in golds):
-            # what it read there is the answer (its string form comes last in a parse result)
-            return True, "math_verify", str(targets[-1]) if targets else None
-    return False, "timeout" if timed_out() else "mismatch"
+        if tail:                           # math-verify's own reading of the response's end
+            targets = parsed(tail, raw=True)
+            if any(shown_equal(gold, targets) for gold in golds):
+                # what it read there is the answer (its string form comes last in a parse result)
+                return True, "math_verify", str(targets[-1]) if targets else None
+        return False, "timeout" if timed_out else "mismatch"
 
 
 def _numerically_close(gold, target, rel: float) -> bool | None:
@@ -304,19 +300,17 @@ def _top_level_items(latex: str) -> list[str] | None:
     """The items of a bare comma list ("1, 3, 2": no enclosing brackets), else None."""
     s = latex.strip()
     s = s[1:-1].strip() if s.startswith("$") and s.endswith("$") and len(s) > 1 else s
-    items, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        ch = s[i]
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
-            if depth == 0 and i == len(s) - 1 and not items and start == 0:
+            if depth == 0 and i == len(s) - 1 and not items:
                 return None                 # the whole string is one bracketed group
         elif ch == "," and depth == 0:
             items.append(s[start:i].strip())
             start = i + 1
-        i += 1
     items.append(s[start:].strip())
     return items if len(items) >= 2 and all(items) else None
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from common.io import JsonlError, iter_jsonl
+from common.io import JsonlError, atomic_file, iter_jsonl
 from grading.grader import Grader, GradingInputError, Verdict
 from grading.paper import paper_is_equiv, paper_last_box
 from grading.rules import HouseRules
@@ -75,25 +73,12 @@ def grade_file(in_path, out_path, *, timeout_s: float = 5.0, workers: int = 2,
     else:
         with Grader(timeout_s=timeout_s, workers=workers, rules=rules) as grader:
             verdicts = grader.grade_many([r[response_field] for r in rows], [r[reference_field] for r in rows])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for row, verdict in zip(rows, verdicts):
-                row = {**row, "extracted_answer": verdict.extracted, "correct": verdict.correct,
-                       "grade_method": verdict.method}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; a graded file is an ordinary file
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out_path, encoding="utf-8") as out:    # appears whole, by rename, or not at all
+        for row, verdict in zip(rows, verdicts):
+            row = {**row, "extracted_answer": verdict.extracted, "correct": verdict.correct,
+                   "grade_method": verdict.method}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
     correct = sum(v.correct for v in verdicts)
     return {"n": len(verdicts), "correct": correct, "accuracy": correct / len(verdicts),
             "by_method": dict(Counter(v.method for v in verdicts))}
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -36,3 +36,20 @@ def project_params(**sections) -> dict:
         params["curate"]["decontam"]["benchmarks"] = [b for b in params["curate"]["decontam"]["benchmarks"]
                                                       if b in params["eval"]["benchmarks"]]
     return params
+
+
+def eval_project(root: Path, eval_section: dict, decontam: list[str]) -> dict:
+    """Params of a temp project rooted at ``root`` (relative default paths) with a placeholder
+    checkpoint ``mix_a``, the given ``eval:`` section and decontamination benchmarks."""
+    ckpt = root / "models/checkpoints/mix_a"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text('{"model_type": "placeholder"}')
+    params = project_params(**{
+        "paths": {"problems": "data/problems", "traces": "data/traces", "curated": "data/curated",
+                  "mixes": "data/mixes", "student": "models/student", "checkpoints": "models/checkpoints",
+                  "eval": "data/eval", "reports": "reports"},
+        "eval": eval_section,
+        "tracking": {"experiment": "test", "uri": f"sqlite:///{root}/mlflow.db"},
+    })
+    params["curate"]["decontam"]["benchmarks"] = decontam
+    return params

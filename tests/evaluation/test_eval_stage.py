@@ -15,7 +15,7 @@ from evaluation.report import build_report as _build_report
 from generation.engines import EngineError, FakeEngine
 from pipelines import eval as eval_stage
 from pipelines.params import parse_params
-from tests.project import project_params
+from tests.project import eval_project
 from tests.generation.test_engines import save_tiny_model, student_tokenizer_dir  # noqa: F401 (fixture)
 
 PROBLEMS = {"champ_test": [("P_1", "What is 2+3?", "5"), ("P_2", "What is 3*3?", "9"), ("P_3", "Half of 1?", "1/2")],
@@ -38,23 +38,14 @@ def project(tmp_path, monkeypatch):
     for name, rows in PROBLEMS.items():
         pl.DataFrame([{"problem_id": p, "problem": q, "reference_answer": a, "benchmark": name}
                       for p, q, a in rows]).write_parquet(bench_dir / f"{name}.parquet")
-    ckpt = tmp_path / "models/checkpoints/mix_a"
-    ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text('{"model_type": "placeholder"}')
-    params = project_params(**{
-        "paths": {"problems": "data/problems", "traces": "data/traces", "curated": "data/curated",
-                  "mixes": "data/mixes", "student": "models/student", "checkpoints": "models/checkpoints",
-                  "eval": "data/eval", "reports": "reports"},
-        "eval": {"benchmarks": {"champ_test": {"kind": "champ_heldout"},
-                                "gsm8k": {"kind": "file", "format": "gsm8k", "path": "unused.jsonl"}},
-                 "max_problems": 24, "batch_size": 2,
-                 "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "n": 1, "seed": 0},
-                 "ks": [1], "engine": {"kind": "transformers"}, "judge": None,
-                 "grading": {"timeout_s": 5.0, "workers": 1, "max_answer_chars": 200}},
-        "tracking": {"experiment": "test", "uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    })
-    params["curate"]["decontam"]["benchmarks"] = ["champ_test"]
-    return params
+    return eval_project(tmp_path, {
+        "benchmarks": {"champ_test": {"kind": "champ_heldout"},
+                       "gsm8k": {"kind": "file", "format": "gsm8k", "path": "unused.jsonl"}},
+        "max_problems": 24, "batch_size": 2,
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "n": 1, "seed": 0},
+        "ks": [1], "engine": {"kind": "transformers"}, "judge": None,
+        "grading": {"timeout_s": 5.0, "workers": 1, "max_answer_chars": 200}}, decontam=["champ_test"])
+
 
 
 def evaluate(project: dict, name: str, **kwargs) -> dict:

@@ -21,7 +21,7 @@ from generation.engines import EngineError, FakeEngine
 from grading.paper import PAPER_PROTOCOL
 from pipelines import eval as eval_stage
 from pipelines.params import parse_params
-from tests.project import project_params
+from tests.project import eval_project
 
 BENCHMARKS = {
     "math500": [{"unique_id": "m1", "problem": "What is 2+3?", "answer": "5"},
@@ -90,20 +90,10 @@ def project(tmp_path, monkeypatch):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         specs[fmt] = {"kind": "file", "format": fmt, "path": str(path)}
         load_benchmark(fmt, specs[fmt]).write_parquet(bench_dir / f"{fmt}.parquet")
-    ckpt = tmp_path / "models/checkpoints/mix_a"
-    ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text('{"model_type": "placeholder"}')
-    params = project_params(**{
-        "paths": {"problems": "data/problems", "traces": "data/traces", "curated": "data/curated",
-                  "mixes": "data/mixes", "student": "models/student", "checkpoints": "models/checkpoints",
-                  "eval": "data/eval", "reports": "reports"},
-        "eval": {"protocol": "paper", "benchmarks": specs, "max_problems": None, "batch_size": 2,
-                 "engine": {"kind": "transformers"}, "judge": None,
-                 "grading": {"timeout_s": 5.0, "workers": 1, "max_answer_chars": 200}},
-        "tracking": {"experiment": "test", "uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    })
-    params["curate"]["decontam"]["benchmarks"] = []
-    return params
+    return eval_project(tmp_path, {"protocol": "paper", "benchmarks": specs, "max_problems": None, "batch_size": 2,
+                                   "engine": {"kind": "transformers"}, "judge": None,
+                                   "grading": {"timeout_s": 5.0, "workers": 1, "max_answer_chars": 200}},
+                        decontam=[])
 
 
 def evaluate(project: dict, **kwargs) -> dict:
