@@ -147,3 +147,25 @@ def write_json(path: str | Path, obj, atomic: bool = True) -> None:
             f.write(text)
     else:
         Path(path).write_text(text, encoding="utf-8")
+
+
+class ParquetError(MixdistillError):
+    """A Parquet file that cannot be read: truncated, corrupted, or not Parquet at all."""
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None):
+    """``polars.read_parquet`` with a message that names the file when it cannot be read (a
+    truncated write, a corrupted download) instead of polars' bare ``ComputeError``.
+
+    A missing file stays a ``FileNotFoundError`` (the stage wrapper reports it with its path)."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParquetError(f"{path}: not a readable Parquet file ({first}); "
+                           "rebuild it by re-running the stage that writes it") from exc

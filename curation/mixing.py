@@ -19,6 +19,7 @@ import polars as pl
 from common import layout as names
 from common.digests import file_digest, frame_digest
 from common.errors import MixdistillError
+from common.io import read_parquet
 from common.prompt import build_messages
 from curation.by_problem import assign_problems
 from curation.schema import TRACE_COLUMNS, problem_key
@@ -50,7 +51,7 @@ def load_curated(curated_root: str | Path, name: str) -> CuratedSource:
         raise MixError(f"{d}: curated source '{name}' not found (kept.parquet / report.json); "
                        "run its curate stage")
     rep = json.loads(report.read_text())
-    return CuratedSource(name=name, kept=pl.read_parquet(kept), kept_digest=file_digest(kept),
+    return CuratedSource(name=name, kept=read_parquet(kept), kept_digest=file_digest(kept),
                          contract_success=bool(rep.get("contract", {}).get("success", False)), report=rep)
 
 
@@ -228,7 +229,7 @@ def verify_mix_dir(path: str | Path, curated_root: str | Path | None = None) -> 
     rows_path = path / manifest.get("rows_file", names.MIX_ROWS)
     if not rows_path.exists():
         raise MixIntegrityError(f"{rows_path}: missing rows for mix '{manifest.get('mix')}'")
-    rows = pl.read_parquet(rows_path)
+    rows = read_parquet(rows_path)
     digest = frame_digest(rows, MIX_ROW_COLUMNS) if set(MIX_ROW_COLUMNS) <= set(rows.columns) else None
     if digest != manifest.get("rows_digest") or rows.height != manifest.get("n_rows"):
         raise MixIntegrityError(f"{rows_path}: rows do not match the manifest of mix '{manifest.get('mix')}' "

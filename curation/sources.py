@@ -17,7 +17,7 @@ from typing import Iterable
 
 import polars as pl
 
-from common.io import JsonlError, iter_jsonl
+from common.io import JsonlError, ParquetError, iter_jsonl, read_parquet
 from common.digests import dumps
 from curation.errors import SourceError
 from curation.schema import conform, problem_key, trace_id
@@ -185,9 +185,9 @@ def read_table(path: str | Path, fmt: str | None = None) -> tuple[list[dict], st
         raise SourceError(f"{path}: file is empty")
     if fmt == "parquet":
         try:
-            return pl.read_parquet(path).to_dicts(), str(path)
-        except Exception as exc:  # polars raises several error types for corrupt files
-            raise SourceError(f"{path}: not a readable Parquet file: {exc}") from exc
+            return read_parquet(path).to_dicts(), str(path)
+        except ParquetError as exc:
+            raise SourceError(str(exc)) from exc
     if fmt == "json":
         data = path.read_bytes()
         try:

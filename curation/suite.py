@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from common.io import read_parquet
 from common.prompt import build_prompt
 from curation.checks import LengthCheck, default_checks
 from curation.decontam import Decontaminator
@@ -32,7 +33,7 @@ def build_components(cur, benchmarks_dir: Path):
         path = benchmarks_dir / f"{name}.parquet"
         if not path.exists():
             raise SourceError(f"{path}: benchmark '{name}' for decontamination not found; run the problems stage")
-        bench_texts[name] = pl.read_parquet(path)["problem"].to_list()
+        bench_texts[name] = read_parquet(path)["problem"].to_list()
     decontaminator = Decontaminator(bench_texts, ngram=cur.decontam.ngram) if bench_texts else None
 
     def dedup(frame, prefer):

@@ -23,7 +23,7 @@ import polars as pl
 
 from common import layout as names
 from common.digests import model_digest
-from common.io import atomic_file, write_json
+from common.io import atomic_file, read_parquet, write_json
 from common.layout import Layout
 from common.prompt import build_prompt
 import evaluation.paper_protocol as paper
@@ -43,7 +43,7 @@ def load_benchmarks(cfg: EvalParams, layout: Layout) -> dict[str, pl.DataFrame]:
         path = layout.benchmark(name)
         if not path.exists():
             raise FileNotFoundError(f"{path}: benchmark '{name}' not prepared (run the problems stage)")
-        frame = pl.read_parquet(path)
+        frame = read_parquet(path)
         frames[name] = frame.head(cfg.max_problems) if cfg.max_problems else frame
     return frames
 

@@ -9,11 +9,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import polars as pl
-
 from common import layout as names
 from common.errors import GateFailed
-from common.io import atomic_dir, write_json
+from common.io import atomic_dir, read_parquet, write_json
 from curation.contracts import format_failures, validate_curated
 from curation.errors import SourceError
 from curation.suite import curate_frame, plot_lengths
@@ -61,7 +59,7 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(layout.student)
-        result = curate_frame(pl.read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS,
+        result = curate_frame(read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS,
                               judge_cache=layout.curate_judge_cache)
         audit = result.report.get("judge", {}).pop("audit", None)
         result.report.update(source=args.source, timings_s={k: round(v, 3) for k, v in result.timings.items()})

@@ -16,6 +16,7 @@ import polars as pl
 
 from common import layout as names
 from common.digests import file_digest
+from common.io import read_parquet
 from curation.mixing import MixIntegrityError, verify_mix_dir
 from pipelines import stage, tracking
 from pipelines.params import load_params
@@ -142,7 +143,7 @@ def build_lineage(target: str, params, trace: str | None = None) -> dict:
             raw_src["md5_on_disk"] = file_digest(raw, "md5")
             if raw_src["dvc_md5"] and raw_src["dvc_md5"] != raw_src["md5_on_disk"]:
                 problems.append(f"{raw}: raw traces changed since the last `dvc repro` (dvc.lock md5 differs)")
-            first = pl.read_parquet(raw, columns=["origin", "teacher", "generation"]).head(1)
+            first = read_parquet(raw, columns=["origin", "teacher", "generation"]).head(1)
             if first.height:
                 raw_src.update(origin=json.loads(first["origin"][0]), teacher=first["teacher"][0])
         else:
@@ -159,13 +160,13 @@ def build_lineage(target: str, params, trace: str | None = None) -> dict:
 def trace_history(tid: str, mix_dir: Path, paths, problems: list[str]) -> dict:
     """One training row's full history: its mix row, the checks it passed, its raw origin."""
     rows = mix_dir / names.MIX_ROWS
-    hit = pl.read_parquet(rows).filter(pl.col("trace_id") == tid) if rows.exists() else pl.DataFrame()
+    hit = read_parquet(rows).filter(pl.col("trace_id") == tid) if rows.exists() else pl.DataFrame()
     if hit.height == 0:
         problems.append(f"trace {tid}: not in mix {mix_dir.name}")
         return {"trace_id": tid, "found": False}
     row = hit.row(0, named=True)
     src = row["source"]
-    kept = pl.read_parquet(Path(paths.curated) / src / names.KEPT).filter(pl.col("trace_id") == tid)
+    kept = read_parquet(Path(paths.curated) / src / names.KEPT).filter(pl.col("trace_id") == tid)
     rep = json.loads((Path(paths.curated) / src / names.CURATE_REPORT).read_text())
     # The curate report's timings name every check that ran on this source; a kept trace passed all.
     checks = {"checks_passed": sorted(rep.get("timings_s", {}))}

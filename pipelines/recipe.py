@@ -21,6 +21,7 @@ from pathlib import Path
 from common import layout as names
 from common.errors import MixdistillError
 from common.params import load_yaml
+from common.io import read_parquet
 from pipelines.params import Params, parse_params
 from training.config import TrainParams, recipe_for
 
@@ -45,9 +46,7 @@ def data_effect(recipe: dict, mix_dir: Path, devices: int) -> dict | None:
     rows_path = mix_dir / names.MIX_ROWS
     if not rows_path.exists():
         return None
-    import polars as pl
-
-    lengths = pl.read_parquet(rows_path, columns=["sequence_tokens"])["sequence_tokens"].to_list()
+    lengths = read_parquet(rows_path, columns=["sequence_tokens"])["sequence_tokens"].to_list()
     cutoff = recipe["cutoff_len"]
     over = sum(n > cutoff for n in lengths)
     policy = recipe["over_cutoff"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import polars as pl
-
-from common.io import atomic_file
+from common.io import atomic_file, read_parquet
 from curation.sources import assert_no_heldout, load_source
 from pipelines import stage
 from pipelines.params import load_params
@@ -18,9 +16,9 @@ def main(argv=None) -> int:
     def body():
         params = load_params(args.params)
         source, layout = stage.pick(args.source, params.sources, "source"), params.layout
-        heldout = pl.read_parquet(layout.problem_split("test"))
+        heldout = read_parquet(layout.problem_split("test"))
         frame = load_source(source, champ_settings=params.champ_settings, heldout=heldout,
-                            problems=pl.read_parquet(layout.problem_split("train")))
+                            problems=read_parquet(layout.problem_split("train")))
         assert_no_heldout(frame, heldout, f"sources.{source.name}")
         out = layout.traces(source.name)
         with atomic_file(out, "wb") as f:

@@ -32,7 +32,7 @@ from pathlib import Path
 from common import layout as names
 from common.digests import file_digest
 from common.errors import MixdistillError
-from common.io import replace_dir
+from common.io import replace_dir, read_parquet
 from curation.mixing import MixIntegrityError, verify_mix_dir
 from pipelines import stage, tracking
 from pipelines.recipe import describe
@@ -165,9 +165,7 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
     manifest = verify_mix(mix_dir, layout.curated_root if layout.curated_root.is_dir() else None)
     student = check_student(layout.student, params)
 
-    import polars as pl
-
-    rows = pl.read_parquet(mix_dir / names.MIX_ROWS)
+    rows = read_parquet(mix_dir / names.MIX_ROWS)
     # Weights are trained in float32 (master copy); bf16, where enabled, is autocast by the Trainer.
     model, tokenizer = load_student(layout.student, "float32")
     data = prepare_sft_data(rows.to_dicts(), tokenizer, cfg.cutoff_len, cfg.over_cutoff)
