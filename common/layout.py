@@ -33,6 +33,12 @@ GRADED = "graded.jsonl"
 SCORES = "scores.json"
 JUDGE_AUDIT = "judge_audit.json"
 JUDGE_CACHE = "judge_cache.sqlite"
+# heldout/
+HELDOUT_TRACES = "traces.parquet"
+HELDOUT_SUMMARY = "summary.json"
+HELDOUT_SCORES = "scores"
+HELDOUT_COLUMNS = ("trace_id", "problem_id", "problem", "response", "style", "source", "teacher")
+NO_HELDOUT = "no held-out problems"   # what the held-out outputs say when the test split is empty
 # The untrained student, evaluated beside the checkpoints.
 BASE_MODEL = "base"
 
@@ -48,6 +54,7 @@ class Paths:
     checkpoints: str
     eval: str
     reports: str
+    heldout: str = "data/heldout"      # held-out traces + per-model held-out loss
 
 
 class Layout:
@@ -83,6 +90,10 @@ class Layout:
         """The curation judge's verdict cache: beside, not inside, the curated outputs (a mix
         depends on the whole curated folder)."""
         return self.curated_root.parent / "judge_cache" / "curate.sqlite"
+
+    def curate_score_work(self, source: str) -> Path:
+        """Resume file of curate.score's student NLLs for one source, outside the curated outputs."""
+        return self.curated_root.parent / "score_work" / f"curate_{source}.jsonl"
 
     # mixes
     def mix(self, name: str) -> Path:
@@ -126,3 +137,19 @@ class Layout:
     @property
     def reports(self) -> Path:
         return Path(self.paths.reports)
+
+    # held-out loss
+    @property
+    def heldout_traces(self) -> Path:
+        return Path(self.paths.heldout) / HELDOUT_TRACES
+
+    @property
+    def heldout_summary(self) -> Path:
+        return Path(self.paths.heldout) / HELDOUT_SUMMARY
+
+    def heldout_scores(self, model: str) -> Path:
+        return Path(self.paths.heldout) / HELDOUT_SCORES / f"{model}.json"
+
+    def heldout_work(self, model: str) -> Path:
+        """Resume file of an unfinished scoring run, outside every DVC output."""
+        return Path(self.paths.heldout) / ".work" / f"{model}.jsonl"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from common.params import ParamsError, build, is_int, is_number, section
 from curation.schema import STYLES, TEACHER_SIZES
+from curation.selection import Selection, parse_selection
 from curation.templates import TEMPLATES
 from generation.engines import ENGINE_KINDS
 from grading.rules import HouseRules
@@ -195,6 +196,25 @@ class ContractParams:
 
 
 @dataclass
+class ScoreParams:
+    """``curate.score``: the student's NLL on kept traces (``student_nll`` column)."""
+    enabled: bool = False
+    max_rows: int | None = 16          # a seeded subset per source; None scores every kept row
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ParamsError(f"curate.score.enabled: {self.enabled!r} must be true or false")
+        if self.max_rows is not None and (not is_int(self.max_rows) or self.max_rows <= 0):
+            raise ParamsError(f"curate.score.max_rows: {self.max_rows!r} must be a positive integer or null (all)")
+        if not is_int(self.batch_size) or self.batch_size <= 0:
+            raise ParamsError(f"curate.score.batch_size: {self.batch_size!r} must be a positive integer")
+        if not is_int(self.seed):
+            raise ParamsError(f"curate.score.seed: {self.seed!r} must be an integer")
+
+
+@dataclass
 class CurateParams:
     min_tokens: int
     max_tokens: int
@@ -205,6 +225,7 @@ class CurateParams:
     dedup: DedupParams = field(default_factory=DedupParams)
     decontam: DecontamParams = field(default_factory=DecontamParams)
     contract: ContractParams = field(default_factory=ContractParams)
+    score: ScoreParams = field(default_factory=ScoreParams)
 
     def __post_init__(self):
         for key in ("min_tokens", "max_tokens", "cutoff_len"):
@@ -239,15 +260,34 @@ class CurateParams:
 @dataclass
 class MixParams:
     name: str
-    components: dict[str, float]       # source or group name -> share of the final mix
+    # source or group name -> share of the final mix, or {share: S, select: ...} (parse_selection)
+    components: dict[str, float]
     size: int | None = None            # examples in the mix
     token_budget: int | None = None    # or: student tokens in the mix
     oversample: bool = False
     # each problem at most once in the mix (the published Mix-Long construction): components
     # supply distinct problems, shares exact (size mode only, no oversampling)
     one_per_problem: bool = False
+    # components that select by score (from their {share, select} form); others draw at random
+    selections: dict[str, Selection] = field(default_factory=dict, init=False)
 
     def __post_init__(self):
+        shares = {}
+        for comp, value in (self.components or {}).items():
+            if isinstance(value, dict):
+                where = f"mix.mixes.{self.name}.components.{comp}"
+                unknown = sorted(set(value) - {"share", "select"})
+                if unknown or "share" not in value:
+                    raise ParamsError(f"{where}: expected {{share: S, select: ...}}, got keys {sorted(value)}")
+                chosen = parse_selection(value.get("select"), f"{where}.select")
+                if chosen is not None:
+                    self.selections[comp] = chosen
+                value = value["share"]
+            shares[comp] = value
+        self.components = shares
+        if self.selections and self.one_per_problem:
+            raise ParamsError(f"mix.mixes.{self.name}: select by score and one_per_problem cannot be combined "
+                              "(one_per_problem chooses the problems itself)")
         if not isinstance(self.one_per_problem, bool):
             raise ParamsError(f"mix.mixes.{self.name}.one_per_problem: must be true or false")
         if self.one_per_problem and (self.size is None or self.oversample):
@@ -323,6 +363,12 @@ def parse_mix(params: dict, sources: dict[str, SourceParams], groups: dict[str, 
             raise ParamsError(f"mix '{name}': size {m.size!r} must be a positive integer")
         if m.token_budget is not None and (not isinstance(m.token_budget, int) or m.token_budget <= 0):
             raise ParamsError(f"mix '{name}': token_budget {m.token_budget!r} must be a positive integer")
+        score_on = ((params.get("curate") or {}).get("score") or {}).get("enabled") is True
+        for comp in m.selections:
+            if not score_on:
+                raise ParamsError(f"mix.mixes.{name}.components.{comp}.select: selecting by student_nll needs "
+                                  "the scores: set curate.score.enabled: true (and curate.score.max_rows: null "
+                                  "to score every kept row)")
         mixes[name] = m
     if not mixes:
         raise ParamsError("mix.mixes: at least one mix is needed")

@@ -4,6 +4,10 @@ Shares are shares of the *final* mix (not "fraction of each source kept", open-r
 meaning of weight). With ``size`` the counts are apportioned by largest remainder, so they add
 up to exactly ``size``; with ``token_budget`` shares are shares of student tokens. Sampling is
 seeded and deterministic; a component never repeats a row unless the mix sets ``oversample``.
+
+A component may instead select by the student's NLL (``{share: S, select: lowest_nll}``, see
+``curation.selection``): every row of its pool must then carry a score, and the manifest records
+the rule and each chosen row with its score (``selection``).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from common.io import read_parquet
 from common.prompt import build_messages
 from curation.by_problem import assign_problems
 from curation.schema import TRACE_COLUMNS, problem_key
+from curation.selection import candidate_rows
 
 MIX_ROW_COLUMNS = TRACE_COLUMNS + ["response_tokens", "sequence_tokens", "component", "draw"]
 
@@ -71,18 +76,22 @@ def _seed(*parts) -> int:
 
 
 def _draw(pool: pl.DataFrame, rng: random.Random, n: int | None, token_budget: int | None,
-          oversample: bool, where: str) -> tuple[list[int], list[int]]:
+          oversample: bool, where: str, candidates: list[int] | None = None,
+          shuffle: bool = True) -> tuple[list[int], list[int]]:
     """Row indexes drawn from ``pool`` (and the pass number of each draw): a seeded permutation,
-    cycled with a fresh permutation per pass only when oversampling is allowed."""
+    cycled with a fresh permutation per pass only when oversampling is allowed. ``candidates``
+    (a score selection) restricts the rows, and with ``shuffle`` False keeps their rank order."""
     size = pool.height
     if size == 0:
         raise MixError(f"{where}: its curated sources kept no rows")
+    base = list(range(size)) if candidates is None else list(candidates)
     tokens = pool["sequence_tokens"].to_list()
     picked, passes = [], []
     used_tokens, pass_no = 0, 0
     while True:
-        order = list(range(size))
-        rng.shuffle(order)
+        order = list(base)
+        if shuffle:
+            rng.shuffle(order)
         for i in order:
             if n is not None and len(picked) >= n:
                 return picked, passes
@@ -94,11 +103,28 @@ def _draw(pool: pl.DataFrame, rng: random.Random, n: int | None, token_budget: i
         if n is not None and len(picked) >= n:     # exactly every row: enough without a second pass
             return picked, passes
         pass_no += 1
-        if not oversample:
+        if not oversample or not base:
             need = f"{n} rows" if n is not None else f"{token_budget} tokens"
-            have = f"{size} rows" if n is not None else f"{used_tokens} tokens"
-            raise MixError(f"{where}: needs {need} but its curated sources kept only {have}; "
+            have = f"{len(base)} rows" if n is not None else f"{used_tokens} tokens"
+            within = "" if candidates is None else " within its select rule"
+            raise MixError(f"{where}: needs {need} but its curated sources kept only {have}{within}; "
                            "lower the mix size / token_budget, or set oversample: true")
+
+
+def _scores_of(pool: pl.DataFrame, comp: str, members: list[str], mix_name: str, by: str) -> list[float]:
+    """The pool's per-row scores, refusing a pool where any row has none (an unscored row would
+    otherwise be silently excluded or ranked arbitrarily)."""
+    column = pool[by] if by in pool.columns else pl.Series(by, [None] * pool.height, dtype=pl.Float64)
+    missing = column.is_null() | column.is_nan() if column.dtype.is_float() else column.is_null()
+    if missing.any():
+        sources = pool["source"].to_list()
+        worst = next(m for m in members if any(miss and s == m for miss, s in zip(missing.to_list(), sources)))
+        n_src = sum(s == worst for s in sources)
+        n_scored = sum(s == worst and not miss for miss, s in zip(missing.to_list(), sources))
+        raise MixError(f"mix.mixes.{mix_name}.components.{comp}.select: source '{worst}' has {by} for only "
+                       f"{n_scored} of its {n_src} kept rows; set curate.score.enabled: true and "
+                       f"curate.score.max_rows: null, re-run curate@{worst}, then mix again")
+    return column.cast(pl.Float64).to_list()
 
 
 def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSource], seed: int) -> tuple[pl.DataFrame, dict]:
@@ -111,7 +137,7 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
         targets = apportion(mix.size, mix.components)
     else:
         targets = apportion(mix.token_budget, mix.components)
-    parts, requested, achieved = [], {}, {}
+    parts, requested, achieved, selected = [], {}, {}, {}
     pools = {comp: pl.concat([sources[m].kept for m in groups.get(comp, [comp])], how="diagonal_relaxed")
              .sort("trace_id") for comp in mix.components}
     by_problem = _one_per_problem(mix, pools, targets, seed) if getattr(mix, "one_per_problem", False) else None
@@ -120,16 +146,28 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
         pool = pools[comp]
         rng = random.Random(_seed(seed, mix.name, comp))
         where = f"mix '{mix.name}': component '{comp}' (sources {members})"
+        candidates, shuffle, selection = None, True, getattr(mix, "selections", {}).get(comp)
+        if selection is not None:
+            scores = _scores_of(pool, comp, members, mix.name, selection.by)
+            candidates, shuffle, selected[comp] = candidate_rows(selection, scores, pool["trace_id"].to_list())
         if by_problem is not None:
             idx, passes = by_problem[0][comp], [0] * len(by_problem[0][comp])
         elif mix.size is not None:
-            idx, passes = _draw(pool, rng, targets[comp], None, mix.oversample, where)
+            idx, passes = _draw(pool, rng, targets[comp], None, mix.oversample, where, candidates, shuffle)
         else:
-            idx, passes = _draw(pool, rng, None, targets[comp], mix.oversample, where)
+            idx, passes = _draw(pool, rng, None, targets[comp], mix.oversample, where, candidates, shuffle)
+        if selection is not None:        # each chosen row with its score, in the order drawn
+            tids, srcs = pool["trace_id"].to_list(), pool["source"].to_list()
+            selected[comp]["rows"] = [[tids[i], srcs[i], scores[i]] for i in idx]
+            chosen = [scores[i] for i in idx]
+            selected[comp]["chosen"] = {"n": len(chosen), "min": min(chosen, default=None),
+                                        "max": max(chosen, default=None),
+                                        "mean": sum(chosen) / len(chosen) if chosen else None}
         part = pool[idx].with_columns(pl.lit(comp).alias("component"), pl.Series("draw", passes, dtype=pl.Int64))
         parts.append(part)
         requested[comp] = {"share": mix.components[comp], "sources": members,
-                           ("count" if mix.size is not None else "tokens"): targets[comp]}
+                           ("count" if mix.size is not None else "tokens"): targets[comp],
+                           **({"select": selection.rule()} if selection is not None else {})}
     rows = pl.concat(parts, how="diagonal_relaxed").select(MIX_ROW_COLUMNS)
     # Shuffle the whole mix so training batches interleave components.
     order = list(range(rows.height))
@@ -153,6 +191,7 @@ def build_mix(mix, groups: dict[str, list[str]], sources: dict[str, CuratedSourc
                         "rejected_by_reason": sources[m].report.get("rejected_by_reason", {})}
                     for m in used},
         **({"one_per_problem": by_problem[1]} if by_problem is not None else {}),
+        **({"selection": selected} if selected else {}),
         "rows": [[t, s, c] for t, s, c in zip(rows["trace_id"].to_list(), rows["source"].to_list(),
                                               rows["component"].to_list())],
     }

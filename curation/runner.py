@@ -9,6 +9,7 @@ from typing import Callable
 
 import polars as pl
 
+from common.progress import StepProgress
 from common.prompt import chat_length
 
 # How close to the cutoff a sequence must be for its approximate length (prompt + response +
@@ -66,15 +67,21 @@ def length_stats(values: list[int]) -> dict:
 
 
 def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontaminator=None,
-                 dedup: Callable | None = None, flaggers: list | None = None, judge=None) -> CurationResult:
+                 dedup: Callable | None = None, flaggers: list | None = None, judge=None,
+                 progress: StepProgress | None = None) -> CurationResult:
     """Run every check on every row and split kept / rejected.
 
     ``judge`` (a ``grading.judge.JudgeGrader`` around ``grader``) grades instead of the bare rule
     grader: rule misses with an extracted answer go to the LLM judge; its audit goes into
     ``report["judge"]``. Order matters only for dedup: it runs last and prefers, within a
     duplicate cluster, a row that passed everything else, so a good trace is never dropped in
-    favour of a bad copy."""
-    timings: dict[str, float] = {}
+    favour of a bad copy. ``progress`` (a :class:`common.progress.StepProgress`) counts every
+    check, grading, decontamination and dedup as one step with its rows/s."""
+    # Each step already ends by recording its time: progress hooks onto those records, so the
+    # steps themselves (grading above all) carry no progress code.
+    timings: dict[str, float] = progress.timings() if progress is not None else {}
+    if progress is not None:
+        progress.add_steps(len(row_checks) + sum(x is not None for x in (grader, decontaminator, dedup)))
     n = frame.height
     reasons: list[list[str]] = [[] for _ in range(n)]
 
@@ -91,6 +98,8 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
     extra, extra_report = {}, {}
     if grader is not None:
         t = time.perf_counter()
+        stats = getattr(grader, "stats", {})     # a grader without counters (tests) reports zeros
+        retried_before = (stats.get("retried", 0), stats.get("timeout_after_retry", 0))
         refs = frame["reference_answer"].to_list()
         has_ref = [r is not None and str(r).strip() != "" for r in refs]
         idx = [i for i in range(n) if has_ref[i]]
@@ -127,6 +136,9 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
             extra_report["no_reference"] = {
                 "traces": len(unmatched),
                 "problems": sorted({problems[i][:200] for i in unmatched})[:50]}
+        # distinct pairs that timed out once and were tried again with a longer deadline
+        extra_report["grading_retries"] = {"retried": stats.get("retried", 0) - retried_before[0],
+                                           "timed_out_again": stats.get("timeout_after_retry", 0) - retried_before[1]}
         extra.update(extracted_answer=pl.Series(extracted, dtype=pl.Utf8),
                      correct=pl.Series(correct, dtype=pl.Boolean),
                      grade_method=pl.Series(method, dtype=pl.Utf8))
@@ -173,4 +185,4 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
                             "kept": length_stats(kept["sequence_tokens"].to_list())},
         **extra_report,
     }
-    return CurationResult(kept=kept, rejected=rejected, report=report, timings=timings)
+    return CurationResult(kept=kept, rejected=rejected, report=report, timings=dict(timings))

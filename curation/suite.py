@@ -5,11 +5,13 @@ script does too, so both measure the same suite.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import polars as pl
 
 from common.io import read_parquet
+from common.progress import StepProgress
 from common.prompt import build_prompt
 from curation.checks import LengthCheck, default_checks
 from curation.decontam import Decontaminator
@@ -44,11 +46,15 @@ def build_components(cur, benchmarks_dir: Path):
 
 
 def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
-                 judge_cache: Path | None = None) -> CurationResult:
+                 judge_cache: Path | None = None, label: str = "curate") -> CurationResult:
     """Token counts, then every configured check; the Grader's workers are closed afterwards.
     With ``curate.correctness.judge`` set, rule misses go to that judge, its verdicts cached in
-    ``judge_cache`` (SQLite; None keeps them in memory)."""
+    ``judge_cache`` (SQLite; None keeps them in memory). Progress (per step, rows/s) goes to
+    stderr under ``label`` (see :mod:`common.progress`)."""
+    progress = StepProgress(label, rows=traces.height, steps=1)
+    started = time.perf_counter()
     frame = add_token_counts(traces, tokenizer, build_prompt, cutoff_len=cur.cutoff_len)
+    progress.record("token_counts", time.perf_counter() - started)
     row_checks, grader, decontaminator, dedup, flaggers = build_components(cur, benchmarks_dir)
     judge, cache = None, None
     try:
@@ -58,8 +64,9 @@ def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
             judge = JudgeGrader(grader, engine, judge_id, cache, max_answer_chars=cur.correctness.max_answer_chars,
                                 judge_max_tokens=max_tokens)
         return run_curation(frame, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
-                            dedup=dedup, flaggers=flaggers, judge=judge)
+                            dedup=dedup, flaggers=flaggers, judge=judge, progress=progress)
     finally:
+        progress.close()
         if grader is not None:
             grader.close()
         if cache is not None:

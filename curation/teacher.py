@@ -22,7 +22,6 @@ that seed + sample index). So chunk boundaries, and therefore kills, do not chan
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
@@ -33,6 +32,7 @@ from typing import Callable
 import polars as pl
 
 from common.io import write_json
+from common.progress import Progress
 from common.digests import dumps
 from curation.schema import conform, trace_id
 from curation.templates import Template, resolve_template
@@ -224,14 +224,11 @@ def _call_engine(engine, chunk: list[Problem], plan: Plan) -> tuple[list[list[Co
 
 def _generate(engine, todo: list[Problem], store: SampleStore, plan: Plan, chunk_size: int, total: int,
               label: str) -> dict[tuple[str, str], list[Sample]]:
-    from tqdm import tqdm
-
     from grading.grader import Grader
 
     made: dict[tuple[str, str], list[Sample]] = {}
     accepted = 0
-    bar = tqdm(total=total, initial=total - len(todo), unit="problem", desc=label, file=sys.stderr,
-               mininterval=1.0, dynamic_ncols=True)
+    bar = Progress(total, label, "problem", initial=total - len(todo), milestones=3)
     try:
         with Grader(timeout_s=GRADE_TIMEOUT_S, workers=GRADE_WORKERS) as grader:
             for start in range(0, len(todo), chunk_size):
@@ -257,8 +254,8 @@ def _generate(engine, todo: list[Problem], store: SampleStore, plan: Plan, chunk
                 for s in samples:
                     made.setdefault((s.problem_id, s.problem_sha), []).append(s)
                 accepted += sum(s.accepted for s in samples)
-                bar.update(len(chunk))
-                bar.set_postfix(samples=len(made) * plan.sampling.n, correct=accepted, refresh=False)
+                bar.note(samples=len(made) * plan.sampling.n, correct=accepted)
+                bar.update(len(chunk), tokens=sum(s.completion_tokens or 0 for s in samples))
     finally:
         bar.close()
     return made

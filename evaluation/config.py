@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.params import ParamsError, build, section
+from common.params import ParamsError, build, is_int, is_number, section
 from generation.engines import ENGINE_KINDS, SamplingConfig
 from grading.rules import HouseRules
 
@@ -66,6 +66,24 @@ class EvalParams:
 
 
 @dataclass
+class BootstrapParams:
+    """The report's intervals (evaluation/stats.py): percentile intervals of a paired bootstrap."""
+    # On 24 problems the endpoints sit on the 1/24 grid; over 20 seeds (a 10-vs-4 difference) 10k
+    # replicates moved one endpoint by one problem and the other not at all; 1k moved both.
+    resamples: int = 10_000
+    seed: int = 0                     # every interval draws from a Generator seeded with this
+    confidence: float = 0.95
+
+    def __post_init__(self):
+        if not is_int(self.resamples) or self.resamples < 100:
+            raise ParamsError(f"report.bootstrap.resamples: {self.resamples!r} must be an integer >= 100")
+        if not is_int(self.seed) or self.seed < 0:
+            raise ParamsError(f"report.bootstrap.seed: {self.seed!r} must be a non-negative integer")
+        if not is_number(self.confidence) or not 0.5 <= self.confidence < 1:
+            raise ParamsError(f"report.bootstrap.confidence: {self.confidence!r} must be in [0.5, 1)")
+
+
+@dataclass
 class ReportParams:
     # ΔLong = P(long) - P(short); ΔLarge = P(large) - P(small): mix names, not teacher names.
     long: str = "long"
@@ -76,6 +94,7 @@ class ReportParams:
     mix_large: str = "mix_large"      # compared with large and small
     metric: str = "accuracy"          # which scores.json metric the tables and deltas use
     baseline: str = "base"
+    bootstrap: BootstrapParams = field(default_factory=BootstrapParams)
 
 
 def parse_eval(params: dict) -> EvalParams:
@@ -89,3 +108,25 @@ def parse_eval(params: dict) -> EvalParams:
 
 def parse_report(params: dict) -> ReportParams:
     return build(ReportParams, section(params, "report", required=False), "report")
+
+
+@dataclass
+class HeldoutParams:
+    """``heldout:``: the fixed held-out trace set (stage heldout) and its scoring (heldout_score@MIX)."""
+    max_traces_per_style: int | None = 8    # per style; None keeps every trace that passes the checks
+    seed: int = 0                     # ranks traces for the subset (a hash of seed and trace id)
+    batch_size: int = 8               # sequences per forward pass when scoring
+
+    def __post_init__(self):
+        if self.max_traces_per_style is not None and (not is_int(self.max_traces_per_style)
+                                                      or self.max_traces_per_style < 1):
+            raise ParamsError(f"heldout.max_traces_per_style: {self.max_traces_per_style!r} must be a positive "
+                              "integer or null")
+        if not is_int(self.seed):
+            raise ParamsError(f"heldout.seed: {self.seed!r} must be an integer")
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            raise ParamsError(f"heldout.batch_size: {self.batch_size!r} must be a positive integer")
+
+
+def parse_heldout(params: dict) -> HeldoutParams:
+    return build(HeldoutParams, section(params, "heldout", required=False), "heldout")

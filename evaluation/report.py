@@ -12,6 +12,12 @@ Models evaluated under ``eval.protocol: paper`` carry mixdistill's own grading o
 as ``mixdistill_<metric>``: the report then shows it beside the protocol's (the metric, ΔLong and
 ΔLarge both ways; ``metrics.json`` under ``mixdistill``), so that the effect of the scoring rule
 is visible, and it warns when models were scored under different protocols.
+
+Every accuracy, delta and gain carries a paired bootstrap interval over problems and, for deltas
+and gains, the exact McNemar p (:mod:`evaluation.report_stats`, :mod:`evaluation.stats`), in the
+tables and in ``metrics.json`` under ``intervals``; a delta whose interval contains 0 is marked
+"(noise)". Where ``paths.heldout`` has scores, a held-out loss table follows
+(:mod:`evaluation.report_heldout`).
 """
 from __future__ import annotations
 
@@ -19,19 +25,20 @@ import json
 from pathlib import Path
 
 from common import layout as names
-from common.errors import MixdistillError
 from common.io import JsonlError, atomic_file, iter_jsonl, write_json
 from common.layout import Layout
+from evaluation import report_heldout
 from evaluation.config import ReportParams
+from evaluation.report_stats import (MIXDISTILL_PREFIX, ReportError, as_json, comparisons, fmt_interval,
+                                     grader_intervals, intervals, per_problem, slim_sample)
+
+__all__ = ["ReportError", "build_report", "collect", "compare", "summary_markdown"]
 
 
-class ReportError(MixdistillError, ValueError):
-    """An eval output the report reads is damaged; the message names the file (and line)."""
-
-
-def collect(eval_dir: Path, models: list[str]) -> tuple[dict, dict, list[str]]:
-    """scores[model][benchmark] and response token counts per model, for the models evaluated."""
-    scores, lengths, missing = {}, {}, []
+def collect(eval_dir: Path, models: list[str]) -> tuple[dict, dict, dict, list[str]]:
+    """scores[model][benchmark], response token counts and per-sample verdicts (None where
+    graded.jsonl has no per-problem ids) per model, for the models evaluated."""
+    scores, lengths, samples, missing = {}, {}, {}, []
     for m in models:
         path = eval_dir / m / names.SCORES
         if not path.exists():
@@ -42,19 +49,25 @@ def collect(eval_dir: Path, models: list[str]) -> tuple[dict, dict, list[str]]:
         except json.JSONDecodeError as exc:
             raise ReportError(f"{path}: not valid JSON ({exc.msg}); rerun `python -m pipelines.eval --model {m}`")
         graded = eval_dir / m / names.GRADED
-        lengths[m] = []
+        lengths[m], kept, with_ids = [], [], None
         if graded.exists():
             try:
                 for n, rec in iter_jsonl(graded):
                     if not isinstance(rec.get("completion_tokens"), int):
                         raise ReportError(f"{graded}: line {n}: field 'completion_tokens' missing or not an integer")
                     lengths[m].append(rec["completion_tokens"])
+                    slim = slim_sample(rec, graded, n)
+                    if with_ids is None:
+                        with_ids = slim is not None
+                    elif with_ids != (slim is not None):       # one run writes ids on every line or none
+                        raise ReportError(f"{graded}: line {n}: field 'problem_id' "
+                                          f"{'present' if with_ids is False else 'missing'}, unlike the first line")
+                    if slim is not None:
+                        kept.append(slim)
             except JsonlError as exc:
                 raise ReportError(str(exc)) from exc
-    return scores, lengths, missing
-
-
-MIXDISTILL_PREFIX = "mixdistill_"   # evaluation/paper_protocol.py PREFIX: our grader beside a protocol's
+        samples[m] = kept or None
+    return scores, lengths, samples, missing
 
 
 def _value(scores: dict, model: str, bench: str, metric: str, required: bool = True) -> float | None:
@@ -77,29 +90,38 @@ def _tables(scores: dict, cfg: ReportParams, benches: list[str], metric: str, re
         return {b: _diff(_value(scores, x, b, metric, required), _value(scores, y, b, metric, required))
                 for b in benches}
 
+    diffs = {name: delta(a, b) for name, (a, b) in comparisons(cfg).items()}
     return {
         metric: {m: {b: _value(scores, m, b, metric, required) for b in benches} for m in scores},
-        "delta_long": delta(cfg.long, cfg.short),
-        "delta_large": delta(cfg.large, cfg.small),
-        "gains": {
-            f"{cfg.mix_long}_vs_{cfg.long}": delta(cfg.mix_long, cfg.long),
-            f"{cfg.mix_long}_vs_{cfg.short}": delta(cfg.mix_long, cfg.short),
-            f"{cfg.mix_large}_vs_{cfg.large}": delta(cfg.mix_large, cfg.large),
-            f"{cfg.mix_large}_vs_{cfg.small}": delta(cfg.mix_large, cfg.small),
-        },
+        "delta_long": diffs.pop("delta_long"),
+        "delta_large": diffs.pop("delta_large"),
+        "gains": {name.removeprefix("gain/"): d for name, d in diffs.items()},
     }
 
 
-def compare(scores: dict, cfg: ReportParams) -> dict:
+def _per_problem(scores: dict, samples: dict, metric: str, eval_dir: Path) -> dict:
+    values = {m: per_problem(samples.get(m), metric, scores[m], eval_dir / m / names.GRADED) for m in scores}
+    return {m: v for m, v in values.items() if v is not None}
+
+
+def compare(scores: dict, cfg: ReportParams, samples: dict | None = None, eval_dir: Path = Path(".")) -> dict:
+    """Accuracies, deltas and gains from ``scores``; their intervals from ``samples`` (per-sample
+    verdicts by model, as :func:`collect` reads them)."""
     benches = sorted({b for per_model in scores.values() for b in per_model})
     result = {"metric": cfg.metric, "benchmarks": benches, **_tables(scores, cfg, benches, cfg.metric, True),
               "roles": {"long": cfg.long, "short": cfg.short, "large": cfg.large, "small": cfg.small,
                         "mix_long": cfg.mix_long, "mix_large": cfg.mix_large},
               "protocols": {m: ", ".join(sorted({per.get("protocol", "mixdistill") for per in scores[m].values()}))
                             for m in scores}}
+    values = _per_problem(scores, samples or {}, cfg.metric, eval_dir)
+    result["intervals"] = intervals(values, list(scores), benches, cfg)
+    result["confidence"] = cfg.bootstrap.confidence
     ours = MIXDISTILL_PREFIX + cfg.metric
     if any(ours in per for per_model in scores.values() for per in per_model.values()):
         result["mixdistill"] = {"metric": ours, **_tables(scores, cfg, benches, ours, False)}
+        our_values = _per_problem(scores, samples or {}, ours, eval_dir)
+        result["intervals"].update(intervals(our_values, list(scores), benches, cfg, prefix="mixdistill/"))
+        result["intervals"].update(grader_intervals(values, our_values, list(scores), benches, cfg.bootstrap))
     return result
 
 
@@ -109,7 +131,32 @@ def _fmt(v, signed=False) -> str:
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[str]) -> str:
+def _cell(result: dict, scores: dict, quantity: str, bench: str, value, models: tuple[str, ...]) -> str:
+    """A printed number with its interval; † where the interval covers fewer problems than the
+    models were evaluated on (it pairs only problems both answered)."""
+    evaluated = [scores[m][bench]["n_problems"] for m in models if bench in scores.get(m, {})]
+    return fmt_interval(value, result["intervals"].get(quantity, {}).get(bench), len(models) > 1,
+                        result["confidence"], max(evaluated, default=None))
+
+
+def _noise_note(result: dict, n_problems: dict, boot) -> str:
+    counted = [iv for per in result["intervals"].values() for iv in per.values() if iv is not None]
+    text = ("Problems per benchmark: " + ", ".join(f"{b}: {n}" for b, n in n_problems.items())
+            + " (one problem moves accuracy by " + ", ".join(f"{1 / n:.3f}" for n in n_problems.values() if n) + "). ")
+    if not counted:
+        return text + ("No intervals: no model's graded.jsonl has per-problem verdicts for this metric, so "
+                       "no delta here can be told apart from noise.")
+    return text + (f"Brackets: {boot.confidence:.0%} paired bootstrap interval over problems ({boot.resamples:,} "
+                   f"resamples of the problems with replacement, the same draws for both models, seed {boot.seed}); "
+                   "p: exact McNemar test on the problems the two models disagree on; **(noise)**: the interval "
+                   f"contains 0 or p >= {1 - boot.confidence:.2g}, so that difference is not distinguishable from "
+                   "noise. An accuracy of 0 or 1 gets a zero-width interval (no resample can differ), which is "
+                   "no certainty. † pairs fewer problems than were evaluated. A number without brackets has no "
+                   "per-problem verdicts behind it.")
+
+
+def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[str], cfg: ReportParams,
+                     heldout_lines: list[str] = ()) -> str:
     benches, metric = result["benchmarks"], result["metric"]
     lines = ["# mixdistill evaluation summary", "",
              f"Metric: `{metric}` (greedy unless eval.sampling says otherwise).", "",
@@ -118,29 +165,28 @@ def summary_markdown(result: dict, scores: dict, lengths: dict, missing: list[st
     for m, row in result[metric].items():
         toks = [scores[m][b]["mean_response_tokens"] for b in benches if b in scores[m]]
         trunc = [scores[m][b]["truncation_rate"] for b in benches if b in scores[m]]
-        lines.append(f"| {m} | " + " | ".join(_fmt(row[b]) for b in benches)
+        lines.append(f"| {m} | " + " | ".join(_cell(result, scores, f"{metric}/{m}", b, row[b], (m,)) for b in benches)
                      + f" | {sum(toks) / len(toks):.0f} | {sum(trunc) / len(trunc):.2f} |")
-    r = result["roles"]
-    lines += ["", "## Deltas", "",
-              "| quantity | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches),
-              f"| ΔLong = P(long: {r['long']}) − P(short: {r['short']}) | "
-              + " | ".join(_fmt(result["delta_long"][b], True) for b in benches) + " |",
-              f"| ΔLarge = P(large: {r['large']}) − P(small: {r['small']}) | "
-              + " | ".join(_fmt(result["delta_large"][b], True) for b in benches) + " |"]
-    for name, per in result["gains"].items():
-        lines.append(f"| {name.replace('_vs_', ' − ')} | " + " | ".join(_fmt(per[b], True) for b in benches) + " |")
+    r, pairs = result["roles"], comparisons(cfg)
+    labels = {"delta_long": f"ΔLong = P(long: {r['long']}) − P(short: {r['short']})",
+              "delta_large": f"ΔLarge = P(large: {r['large']}) − P(small: {r['small']})",
+              **{f"gain/{name}": name.replace("_vs_", " − ") for name in result["gains"]}}
+    lines += ["", "## Deltas", "", "| quantity | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for quantity, label in labels.items():
+        per = result["gains"][quantity[5:]] if quantity.startswith("gain/") else result[quantity]
+        lines.append(f"| {label} | " + " | ".join(_cell(result, scores, quantity, b, per[b], pairs[quantity])
+                                                 for b in benches) + " |")
     n_problems = {b: max((scores[m][b]["n_problems"] for m in scores if b in scores[m]), default=0) for b in benches}
-    lines += ["", "Problems per benchmark: " + ", ".join(f"{b}: {n}" for b, n in n_problems.items())
-              + ". With this few problems one problem moves accuracy by "
-              + ", ".join(f"{1 / n:.3f}" for n in n_problems.values() if n) + ": read small deltas as noise."]
-    lines += _protocol_lines(result)
+    lines += ["", _noise_note(result, n_problems, cfg.bootstrap)]
+    lines += _protocol_lines(result, scores, pairs)
     if missing:
         lines += ["", "Not evaluated (no scores.json): " + ", ".join(missing) + "."]
+    lines += list(heldout_lines)
     lines += ["", "Plots: `accuracy.png`, `response_lengths.png`.", ""]
     return "\n".join(lines)
 
 
-def _protocol_lines(result: dict) -> list[str]:
+def _protocol_lines(result: dict, scores: dict, pairs: dict) -> list[str]:
     """The protocol's scores beside mixdistill's grader on the same samples, and a warning when
     models were scored under different protocols."""
     lines, protocols = [], result["protocols"]
@@ -161,13 +207,15 @@ def _protocol_lines(result: dict) -> list[str]:
         for b in benches:
             if row[b] is not None:
                 theirs = ours[ours["metric"]][m][b]
-                lines.append(f"| {m} | {b} | {protocols[m]} | {_fmt(row[b])} | {_fmt(theirs)} | "
-                             f"{_fmt(_diff(row[b], theirs), True)} |")
+                lines.append(f"| {m} | {b} | {protocols[m]} | {_fmt(row[b])} | "
+                             f"{_cell(result, scores, f'mixdistill/{metric}/{m}', b, theirs, (m,))} | "
+                             f"{_cell(result, scores, f'grader/{m}', b, _diff(row[b], theirs), (m, m))} |")
     lines += ["", "| quantity (grader) | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
     for key, label in (("delta_long", f"ΔLong = P({r['long']}) − P({r['short']})"),
                        ("delta_large", f"ΔLarge = P({r['large']}) − P({r['small']})")):
-        for grader, table in (("protocol", result), ("mixdistill", ours)):
-            lines.append(f"| {label} ({grader}) | " + " | ".join(_fmt(table[key][b], True) for b in benches) + " |")
+        for grader, table, prefix in (("protocol", result, ""), ("mixdistill", ours, "mixdistill/")):
+            lines.append(f"| {label} ({grader}) | " + " | ".join(
+                _cell(result, scores, prefix + key, b, table[key][b], pairs[key]) for b in benches) + " |")
     return lines
 
 
@@ -230,10 +278,13 @@ def _arm_lines(arms: dict | None) -> list[str]:
 def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict | None = None) -> dict:
     """The report; ``arms`` (``pipelines.recipe.describe``) adds each arm's recipe and parity."""
     models = [cfg.baseline] + [m for m in mixes if m != cfg.baseline]
-    scores, lengths, missing = collect(layout.eval_root, models)
+    scores, lengths, samples, missing = collect(layout.eval_root, models)
     if not scores:
         raise FileNotFoundError(f"{layout.eval_root}: no model has scores.json yet (run the eval stage)")
-    result = compare(scores, cfg)
+    result = compare(scores, cfg, samples, layout.eval_root)
+    heldout_lines, heldout_loss, heldout_intervals = report_heldout.section(
+        report_heldout.score_files(layout, models), cfg.baseline, cfg.bootstrap)
+    result["intervals"].update(heldout_intervals)
     out = layout.reports
     (out / "plots").mkdir(parents=True, exist_ok=True)
     metrics = {k: result[k] for k in (cfg.metric, "delta_long", "delta_large", "gains")}
@@ -242,6 +293,11 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict
         metrics["mixdistill"] = ours
     if arms:
         metrics["arms"] = {"recipes": {m: a["recipe"] for m, a in arms["arms"].items()}, "parity": arms["parity"]}
+    if heldout_loss:
+        metrics["heldout_loss"] = heldout_loss
+    metrics["intervals"] = as_json(result["intervals"])
+    metrics["bootstrap"] = {"resamples": cfg.bootstrap.resamples, "seed": cfg.bootstrap.seed,
+                            "confidence": cfg.bootstrap.confidence}
     write_json(out / "metrics.json", metrics)
     write_json(out / "plots" / "accuracy.json",
                [{"model": m, "benchmark": b, cfg.metric: v,
@@ -249,5 +305,6 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict
                 for m, row in result[cfg.metric].items() for b, v in row.items() if v is not None])
     plot(result, lengths, out)
     with atomic_file(out / "summary.md", encoding="utf-8") as f:
-        f.write(summary_markdown(result, scores, lengths, missing) + "\n".join(_arm_lines(arms)) + ("\n" if arms else ""))
-    return {**result, "missing": missing}
+        f.write(summary_markdown(result, scores, lengths, missing, cfg, heldout_lines)
+                + "\n".join(_arm_lines(arms)) + ("\n" if arms else ""))
+    return {**result, "missing": missing, "heldout_loss": heldout_loss}

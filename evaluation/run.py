@@ -25,6 +25,7 @@ from common import layout as names
 from common.digests import model_digest
 from common.io import atomic_file, read_parquet, write_json
 from common.layout import Layout
+from common.progress import Progress
 from common.prompt import build_prompt
 import evaluation.paper_protocol as paper
 from evaluation.config import PAPER_SAMPLING, EvalParams
@@ -80,18 +81,25 @@ def whole_benchmark(cfg: EvalParams) -> bool:
 
 def generate_missing(engine: Engine, store: SampleStore, frames: dict[str, pl.DataFrame], cfg: EvalParams) -> int:
     """Generate samples for problems not yet in the store, one chunk of ``batch_size`` at a time
-    (the whole benchmark at once for vLLM); every chunk is in the store before the next starts."""
+    (the whole benchmark at once for vLLM); every chunk is in the store before the next starts.
+    Progress (problems, tokens/s) goes to stderr: a bar on a terminal, else a few lines."""
     made = 0
-    for bench, frame in frames.items():
-        todo = [r for r in frame.iter_rows(named=True) if not store.has((bench, r["problem_id"]), cfg.sampling.n)]
-        step = max(1, len(todo)) if whole_benchmark(cfg) else cfg.batch_size
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
-            outs = engine.generate([_messages(cfg, bench, r["problem"]) for r in chunk], cfg.sampling)
-            records = [_record(cfg, bench, r, i, c) for r, samples in zip(chunk, outs) for i, c in enumerate(samples)]
-            store.append(records)
-            made += len(records)
-            print(f"eval: {bench}: {start + len(chunk)}/{len(todo)} problems generated", file=sys.stderr)
+    todo = {bench: [r for r in frame.iter_rows(named=True) if not store.has((bench, r["problem_id"]), cfg.sampling.n)]
+            for bench, frame in frames.items()}
+    total = sum(f.height for f in frames.values())
+    missing = sum(len(rows) for rows in todo.values())
+    with Progress(total, "eval: generate", "problem", initial=total - missing, milestones=3) as bar:
+        for bench, rows in todo.items():
+            step = max(1, len(rows)) if whole_benchmark(cfg) else cfg.batch_size
+            for start in range(0, len(rows), step):
+                chunk = rows[start:start + step]
+                bar.note(benchmark=bench)
+                outs = engine.generate([_messages(cfg, bench, r["problem"]) for r in chunk], cfg.sampling)
+                records = [_record(cfg, bench, r, i, c) for r, samples in zip(chunk, outs)
+                           for i, c in enumerate(samples)]
+                store.append(records)
+                made += len(records)
+                bar.update(len(chunk), tokens=sum(rec["completion_tokens"] or 0 for rec in records))
     return made
 
 

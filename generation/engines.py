@@ -187,7 +187,14 @@ class TransformersEngine:
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
             tok_dir = path if (path / "tokenizer_config.json").exists() else Path(base)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+            from safetensors import SafetensorError
+
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+            except (SafetensorError, OSError) as exc:   # a weights file cut short or corrupted
+                raise EngineError(f"{path}: cannot load the model weights ({str(exc).splitlines()[0]}); "
+                                  "the checkpoint looks truncated or corrupted: rebuild it with the stage "
+                                  "that wrote it (e.g. dvc repro -f train@<mix>)") from exc
             tok_dir = path
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         model.to(device).eval()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+from common.progress import progress_enabled
 from generation.engines import FINISH_REASONS, Completion, EngineError, Messages, SamplingConfig, check_prompts
 
 
@@ -68,7 +69,9 @@ class VLLMEngine:
             return []
         params = asdict(sampling)
         if self.data_parallel_size == 1:
-            return _vllm_generate(self._local_llm(), prompts, params)
+            # vLLM's own bar (requests, tokens/s) under the same rule as ours; replicas stay quiet,
+            # their bars would interleave
+            return _vllm_generate(self._local_llm(), prompts, params, show_progress=progress_enabled())
         shards = [prompts[i::self.data_parallel_size] for i in range(self.data_parallel_size)]
         futures = [self._replica_pool().submit(_replica_generate, shard, params) for shard in shards]
         parts = [f.result() for f in futures]
@@ -105,12 +108,12 @@ def _replica_generate(prompts, params):
     return _vllm_generate(_REPLICA_LLM, prompts, params)
 
 
-def _vllm_generate(llm, prompts: list[Messages], params: dict) -> list[list[Completion]]:
+def _vllm_generate(llm, prompts: list[Messages], params: dict, show_progress: bool = False) -> list[list[Completion]]:
     from vllm import SamplingParams
 
     sp = SamplingParams(n=params["n"], temperature=params["temperature"], top_p=params["top_p"],
                         max_tokens=params["max_tokens"], seed=params["seed"])
-    outputs = llm.chat(prompts, sp, use_tqdm=False)
+    outputs = llm.chat(prompts, sp, use_tqdm=show_progress)
     result = []
     for i, out in enumerate(outputs):
         prompt_tokens = len(out.prompt_token_ids or [])

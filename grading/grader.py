@@ -240,8 +240,13 @@ class Grader:
     tests to simulate a hanging input); it then also owns the list and tolerance rules.
     """
 
+    # A pair that times out is tried once more, after the batch, with this many times the budget:
+    # how long sympy takes depends on the machine's load, and without a second try the kept set
+    # would too (3 timeouts on a loaded machine where a quiet one had 2).
+    RETRY_FACTOR = 2.0
+
     def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
-                 rules: HouseRules | None = None):
+                 rules: HouseRules | None = None, retry_timeouts: bool = True):
         self.rules = rules if rules is not None else HouseRules()
         if not isinstance(self.rules, HouseRules):
             raise TypeError(f"rules must be a HouseRules, got {type(rules).__name__}")
@@ -249,13 +254,15 @@ class Grader:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-        self.timeout_s, self.workers = float(timeout_s), workers
+        self.timeout_s, self.workers, self.retry_timeouts = float(timeout_s), workers, bool(retry_timeouts)
         self.checker = checker or partial(math_verify_check, ordered_lists=self.rules.lists == "ordered",
                                           rel_tolerance=self.rules.rel_tolerance)
         self._cache: dict[tuple[str, str], tuple[bool, str]] = {}
         self._pool: _WorkerPool | None = None
+        self._retry_pool: _WorkerPool | None = None
         # where the work went, for reports: pairs seen, answered from cache, settled cheaply, sent on
-        self.stats = Counter(pairs=0, cached=0, cheap=0, math_verify=0)
+        # to math-verify; distinct pairs tried again after a timeout, and those still timed out
+        self.stats = Counter(pairs=0, cached=0, cheap=0, math_verify=0, retried=0, timeout_after_retry=0)
 
     def __enter__(self) -> Grader:
         return self
@@ -264,9 +271,10 @@ class Grader:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._retry_pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._retry_pool = None
 
     def grade_many(self, responses: list[str], references: list) -> list[Verdict]:
         """Find each response's final answer, then grade it. Where nothing was found, or the
@@ -331,10 +339,19 @@ class Grader:
 
     def _math_verify(self, undecided: dict[tuple, tuple]) -> dict:
         items = [(key, answer, variants) for key, (answer, variants) in undecided.items()]
+        out = self._run_checker(items, self.timeout_s)
+        timed_out = [item for item in items if out[item[0]][1] == "timeout"]
+        if self.retry_timeouts and timed_out:
+            self.stats["retried"] += len(timed_out)
+            out.update(self._run_checker(timed_out, self.timeout_s * self.RETRY_FACTOR))
+            self.stats["timeout_after_retry"] += sum(out[key][1] == "timeout" for key, _, _ in timed_out)
+        return out
+
+    def _run_checker(self, items: list[tuple], timeout_s: float) -> dict:
         if self.workers == 0:
             # math-verify's own alarm needs the main thread; elsewhere it must run without one
             in_main = threading.current_thread() is threading.main_thread()
-            limit = max(1, math.ceil(self.timeout_s)) if in_main else None
+            limit = max(1, math.ceil(timeout_s)) if in_main else None
             out = {}
             for key, answer, variants in items:
                 try:
@@ -342,9 +359,15 @@ class Grader:
                 except Exception:  # noqa: BLE001
                     out[key] = (False, "error")
             return out
-        if self._pool is None:
-            self._pool = _WorkerPool(self.workers, self.checker, self.timeout_s)
-        results = self._pool.run([(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)])
+        retry = timeout_s != self.timeout_s
+        pool = self._retry_pool if retry else self._pool
+        if pool is None:   # the workers hold their deadline from start-up: the retry has its own
+            pool = _WorkerPool(self.workers, self.checker, timeout_s)
+            if retry:
+                self._retry_pool = pool
+            else:
+                self._pool = pool
+        results = pool.run([(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)])
         return {key: results[i] for i, (key, _, _) in enumerate(items)}
 
 

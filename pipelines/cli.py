@@ -21,6 +21,8 @@ STAGES = {
     "student": "pipelines.student",
     "train": "pipelines.train",
     "eval": "pipelines.eval",
+    "heldout": "pipelines.heldout",
+    "heldout_score": "pipelines.heldout_score",
     "report": "pipelines.report",
 }
 

@@ -41,6 +41,9 @@ def log_run(params, source: str, result, out: Path, contract, enabled: bool) -> 
         if contract.docs_path and Path(contract.docs_path).exists():
             docs = Path(contract.docs_path)
             run.log_artifacts(docs.parent if docs.is_file() else docs, "contract_docs")
+        run.update_note("Curation", f"{source}: kept {rep['kept']} of {rep['input']} traces; rejected "
+                                    f"{rep['rejected_by_reason']}; contract {'passed' if contract.success else 'FAILED'}")
+    run.raise_if_failed(out)
 
 
 def main(argv=None) -> int:
@@ -48,6 +51,7 @@ def main(argv=None) -> int:
 
     def body():
         params = load_params(args.params)
+        tracking.probe(params, enabled=not args.no_mlflow)     # before any work: outputs stay as they are
         layout, cur = params.layout, params.curate
         stage.pick(args.source, params.sources, "source")
         traces_path = layout.traces(args.source)
@@ -60,7 +64,25 @@ def main(argv=None) -> int:
 
         tokenizer = AutoTokenizer.from_pretrained(layout.student)
         result = curate_frame(read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS,
-                              judge_cache=layout.curate_judge_cache)
+                              judge_cache=layout.curate_judge_cache, label=f"curate@{args.source}")
+        if cur.score.enabled:   # student NLL per kept trace; scored here because curation may not import training
+            import time
+
+            import torch
+
+            from common.digests import model_digest
+            from training.scoring import score_frame
+            from training.student import load_student
+
+            started, work = time.perf_counter(), layout.curate_score_work(args.source)
+            model, _ = load_student(str(layout.student), params.student.dtype)
+            model.to("cuda" if torch.cuda.is_available() else "cpu")
+            digest = model_digest(layout.student, cache_file=work.parent / "digests.json")
+            fingerprint = f"{digest}:{params.student.dtype}"
+            result.kept, result.report["student_nll"] = score_frame(
+                result.kept, model, tokenizer, max_rows=cur.score.max_rows, seed=cur.score.seed, salt=args.source,
+                batch_size=cur.score.batch_size, max_len=cur.cutoff_len, checkpoint=work, fingerprint=fingerprint)
+            result.timings["student_nll"] = time.perf_counter() - started
         audit = result.report.get("judge", {}).pop("audit", None)
         result.report.update(source=args.source, timings_s={k: round(v, 3) for k, v in result.timings.items()})
         final = layout.curated(args.source)

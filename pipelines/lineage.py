@@ -1,5 +1,5 @@
-"""`mixdistill lineage <checkpoint dir | MLflow run id>`: what was this checkpoint trained on, and
-is that still what is on disk?
+"""`mixdistill lineage <checkpoint dir | MLflow run id | models:/NAME/VERSION>`: what was this
+checkpoint trained on, and is that still what is on disk?
 
 The chain: checkpoint → MLflow run (params, git commit, DVC hashes) → mix (manifest digest,
 requested vs achieved shares) → each curated source (digest, contract, kept/rejected by reason) →
@@ -52,11 +52,14 @@ def _logged_lineage(params, run_id: str) -> dict | None:
 
 
 def resolve_checkpoint(target: str, params, paths) -> tuple[Path | None, str | None]:
-    """A checkpoint directory, or an MLflow run id whose run names its checkpoint."""
+    """A checkpoint directory, an MLflow run id whose run names its checkpoint, or a registered
+    model version ``models:/<name>/<version>`` (traced through the run that logged it)."""
     p = Path(target)
     if p.is_dir():
         rid = p / names.RUN_ID
         return p, rid.read_text().strip() if rid.exists() else None
+    if target.startswith("models:/"):
+        target = tracking.model_version_run(params, target)
     run = _mlflow_run(params, target)
     if run is None or "error" in run:
         return None, target
@@ -93,10 +96,13 @@ def build_lineage(target: str, params, trace: str | None = None) -> dict:
             recorded = logged
     weights = sorted(ckpt.glob("*.safetensors"))
     out["checkpoint"].update(files=[w.name for w in weights], recorded=recorded)
+    recorded_weights = recorded.get("weights_sha256") or {}
     for w in weights:
-        want = (recorded.get("weights_sha256") or {}).get(w.name)
+        want = recorded_weights.get(w.name)
         if want and file_digest(w) != want:
             problems.append(f"{w}: weights changed since training")
+    for missing in sorted(set(recorded_weights) - {w.name for w in weights}):
+        problems.append(f"{ckpt / missing}: recorded weights missing on disk (`dvc pull {ckpt}` restores them)")
 
     out["mlflow"] = _mlflow_run(params, run_id) if run_id else None
     if run_id is None:
@@ -222,7 +228,7 @@ def render(lin: dict) -> str:
 
 def main(argv=None) -> int:
     ap = stage.parser(__doc__, prog="mixdistill lineage", mlflow=False)
-    ap.add_argument("target", help="checkpoint directory or MLflow run id")
+    ap.add_argument("target", help="checkpoint directory, MLflow run id, or models:/<registered model>/<version>")
     ap.add_argument("--trace", help="show one training row's full history")
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)

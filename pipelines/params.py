@@ -19,7 +19,7 @@ from common.layout import Layout, Paths
 from common.params import ParamsError, build, deep_merge, load_yaml, section
 from curation.config import (CurateParams, MixSection, ProblemsParams, SourceParams, parse_curate, parse_groups,
                              parse_mix, parse_problems, parse_sources)
-from evaluation.config import EvalParams, ReportParams, parse_eval, parse_report
+from evaluation.config import EvalParams, HeldoutParams, ReportParams, parse_eval, parse_heldout, parse_report
 from training.config import NOT_PRESETTABLE, StudentParams, TrainParams, parse_student, parse_train
 
 __all__ = ["Params", "ParamsError", "apply_preset", "load_params", "parse_params"]
@@ -28,13 +28,23 @@ __all__ = ["Params", "ParamsError", "apply_preset", "load_params", "parse_params
 PRESETTABLE = ("problems", "student", "curate", "mix", "train", "eval", "report")
 # Every top-level section params.yaml may have (a misspelt one is an error, not ignored).
 SECTIONS = ("preset", "presets", "paths", "problems", "student", "sources", "champ", "curate", "groups",
-            "mix", "train", "eval", "report", "tracking")
+            "mix", "train", "eval", "report", "tracking", "heldout")
+
+
+LOG_WEIGHTS = ("reference", "copy")
 
 
 @dataclass
 class TrackingParams:
     experiment: str = "mixdistill"
     uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI in the environment wins
+    # How a checkpoint's logged model holds its weights: "reference" (path + sha256; the weights
+    # are a DVC output already) or "copy" (a transformers-flavour model MLflow can load).
+    log_weights: str = "reference"
+
+    def __post_init__(self):
+        if self.log_weights not in LOG_WEIGHTS:
+            raise ParamsError(f"tracking.log_weights: {self.log_weights!r} must be one of {', '.join(LOG_WEIGHTS)}")
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Params:
     eval: EvalParams
     report: ReportParams
     tracking: TrackingParams
+    heldout: HeldoutParams
 
     @property
     def layout(self) -> Layout:
@@ -119,7 +130,8 @@ def parse_params(raw: dict) -> Params:
         problems=problems, student=parse_student(eff), sources=sources, champ_settings=settings,
         curate=curate, groups=groups, mix=mix,
         train=parse_train(eff, list(mix.mixes)), eval=evaluation, report=_report(eff, mix),
-        tracking=build(TrackingParams, section(eff, "tracking", required=False), "tracking"))
+        tracking=build(TrackingParams, section(eff, "tracking", required=False), "tracking"),
+        heldout=parse_heldout(eff))
 
 
 def _report(eff: dict, mix: MixSection) -> ReportParams:

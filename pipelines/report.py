@@ -3,7 +3,9 @@
 The work is :func:`evaluation.report.build_report`; which mix plays which role is the ``report:``
 section of params.yaml. Writes ``<reports>/summary.md``, ``metrics.json``, ``plots/accuracy.json``
 (for ``dvc plots``), ``accuracy.png`` and ``response_lengths.png``. Models evaluated under
-``eval.protocol: paper`` are shown with mixdistill's grader beside the protocol's scoring.
+``eval.protocol: paper`` are shown with mixdistill's grader beside the protocol's scoring. Every
+accuracy, delta and gain gets a paired bootstrap interval (``report.bootstrap``) and McNemar p;
+held-out losses under ``paths.heldout`` add a table when they exist.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import sys
 
 from evaluation.report import build_report
+from evaluation.report_stats import as_json
 from pipelines import stage
 from pipelines.params import load_params
 from pipelines.recipe import describe
@@ -24,6 +27,9 @@ def main(argv=None) -> int:
         result = build_report(params.layout, params.report, list(params.mix.mixes),
                               arms=describe(params, with_data=False))
         brief = {k: result[k] for k in ("delta_long", "delta_large", "missing")}
+        brief["intervals"] = as_json({k: result["intervals"][k] for k in ("delta_long", "delta_large")})
+        if result["heldout_loss"]:
+            brief["heldout_loss"] = result["heldout_loss"]
         if "mixdistill" in result:     # a protocol other than ours: our grader's deltas beside it
             brief["mixdistill"] = {k: result["mixdistill"][k] for k in ("delta_long", "delta_large")}
         print(json.dumps(brief, indent=2))

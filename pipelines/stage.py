@@ -3,7 +3,8 @@
 :func:`parser` gives each stage ``--params`` and ``--no-mlflow``; :func:`run` calls the stage's
 body and turns an expected failure (:class:`common.errors.MixdistillError`, a missing input
 file) into one ``error: <stage>: <message>`` line on stderr and the error's exit code (2 for bad
-input or params, 3 for a failed data contract), with no traceback. Anything else is a bug and
+input, params or an unreachable tracking server, 3 for a failed data contract, 4 when the outputs
+are complete but logging them to MLflow failed part-way), with no traceback. Anything else is a bug and
 keeps its traceback.
 """
 from __future__ import annotations

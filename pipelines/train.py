@@ -160,6 +160,7 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
     layout = params.layout
     if mix not in params.mix.mixes:
         raise TrainStageError(f"--mix: unknown mix '{mix}' (mixes under mix.mixes: {sorted(params.mix.mixes)})")
+    tracking.probe(params, enabled=log_mlflow)     # before any work: a dead server stops nothing half-way
     cfg = recipe_for(params.train, mix)          # train: with train.arms.<mix> merged over it
     mix_dir = layout.mix(mix)
     manifest = verify_mix(mix_dir, layout.curated_root if layout.curated_root.is_dir() else None)
@@ -190,6 +191,8 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
         if run.run_id:
             run_id_path.write_text(run.run_id + "\n")
         log_run_inputs(run, cfg, mix, manifest, mix_dir / names.MANIFEST, rows, student, data.stats)
+        run.update_note("Mix", f"{mix}: shares {json.dumps(manifest.get('shares'))}, {manifest.get('n_rows')} rows, "
+                               f"{data.stats['tokens']} tokens; {cfg.method} fine-tuning of {student.get('source')}")
         recipes = describe(params, with_data=False)      # this arm beside the others: same recipe or not
         run.log_dict({"arm": mix, **recipes}, "recipe_parity.json")
         run.set_tags({"mixdistill.arm_parity": "only the data differs" if not recipes["parity"]
@@ -198,6 +201,9 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
         result = train_sft(model, tokenizer, data.examples, cfg, work_dir, fingerprint=run_fingerprint,
                            run_name=mix, callbacks=[callback] if callback else [])
         metrics = train_metrics(result, data.stats)
+        loss = "n/a" if metrics["final_loss"] is None else f"{metrics['final_loss']:.4f}"
+        run.update_note("Training", f"final loss {loss} after {metrics['steps']} steps, "
+                                    f"{metrics['tokens_per_second']} tokens/s")
         (result.final_dir / names.TRAIN_METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
         if run.run_id:
             (result.final_dir / names.RUN_ID).write_text(run.run_id + "\n")
@@ -206,13 +212,60 @@ def run_stage(params: Params, mix: str, log_mlflow: bool = True) -> dict:
         run.log_dict(lineage, names.LINEAGE)
         run.set_tags({"mixdistill.checkpoint_dir": str(out_dir)})
         run.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if v is not None})
-        run.log_artifacts(result.final_dir, artifact_path="checkpoint")
+        log_checkpoint(run, params, cfg, mix, result.final_dir, out_dir, lineage, metrics)
         replace_dir(result.final_dir, out_dir)
     layout.train_metrics(mix).write_text(json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(work_dir, ignore_errors=True)
     log.info("mix %s: %d steps, final loss %.4f, %.1f tokens/s -> %s", mix, result.global_step,
              result.final_loss or float("nan"), result.tokens_per_second, out_dir)
+    run.raise_if_failed(out_dir)
     return metrics
+
+
+def registered_name(params: Params, mix: str) -> str:
+    """One registered model per project (its MLflow experiment) and mix; a version per run."""
+    return f"{params.tracking.experiment}-{mix}"
+
+
+def log_checkpoint(run, params: Params, cfg: TrainParams, mix: str, files_dir: Path, out_dir: Path,
+                   lineage: dict, metrics: dict) -> None:
+    """The checkpoint as a logged model of the run (weights by reference or copied, as
+    ``tracking.log_weights`` says; a LoRA adapter and, with ``lora.merge``, the merged model),
+    its training metrics on the mix dataset, and a version of the mix's registered model whose tags
+    carry the lineage digests."""
+    mode = params.tracking.log_weights
+    model_params = {"mix": mix, "method": cfg.method, "student": lineage["student"].get("source"),
+                    "rows_digest": lineage["rows_digest"], "n_rows": lineage["n_rows"],
+                    **{f"share.{k}": v for k, v in (lineage.get("shares") or {}).items()}}
+    model_id = run.log_model(files_dir, reference_path=out_dir, name="checkpoint", mode=mode,
+                             weights_sha256=lineage["weights_sha256"], params=model_params,
+                             tags={"mixdistill.mix": mix, "mixdistill.mlflow_run_id": run.run_id})
+    if model_id is None:        # --no-mlflow, or logging failed (reported once outputs are complete)
+        return
+    run.set_tags({tracking.MODEL_ID_TAG: model_id})
+    run.log_metrics({f"train/{k}": float(metrics[k]) for k in ("final_loss", "mean_loss", "tokens_seen", "steps")
+                     if metrics.get(k) is not None}, model_id=model_id, dataset=mix)
+    merged = files_dir / "merged"
+    if cfg.method == "lora" and merged.is_dir():
+        merged_id = run.log_model(merged, reference_path=out_dir / "merged", name="merged", mode=mode,
+                                  weights_sha256={w.name: file_digest(w) for w in sorted(merged.glob("*.safetensors"))},
+                                  params=model_params,
+                                  tags={"mixdistill.mix": mix, "mixdistill.adapter_model": model_id})
+        if merged_id:
+            run.set_tags({"mixdistill.merged_model_id": merged_id})
+    version_tags = {"mixdistill.mlflow_run_id": run.run_id, "mixdistill.rows_digest": lineage["rows_digest"],
+                    "mixdistill.manifest_sha256": lineage["manifest_sha256"],
+                    "mixdistill.git_commit": lineage["git_commit"] or "unknown",
+                    "mixdistill.weights": "adapter copied" if cfg.method == "lora" else mode,
+                    **{_tag_key(f"mixdistill.source_digest.{k}"): v for k, v in lineage["sources"].items()},
+                    **{_tag_key(f"mixdistill.weights_sha256.{k}"): v for k, v in lineage["weights_sha256"].items()}}
+    note = (f"Mix {mix}: {lineage['n_rows']} rows, shares {json.dumps(lineage.get('shares'))}; "
+            f"final loss {metrics['final_loss']:.4f} after {metrics['steps']} steps"
+            if metrics.get("final_loss") is not None else f"Mix {mix}: {lineage['n_rows']} rows")
+    version = run.register_model(model_id, registered_name(params, mix), version_tags, description=note)
+    weights = "weights copied" if mode == "copy" else f"weights by reference to {out_dir}"
+    run.update_note("Model", f"models:/{registered_name(params, mix)}/{version} ({weights}; "
+                             f"`mixdistill lineage models:/{registered_name(params, mix)}/{version}`)")
 
 
 def launch_command(argv: list[str]) -> list[str] | None:

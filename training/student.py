@@ -134,8 +134,13 @@ def load_student(path_or_spec: str, dtype: str | torch.dtype = "float32", *, rev
     model_kwargs = dict(kwargs, dtype=torch_dtype)
     if attn_implementation:
         model_kwargs["attn_implementation"] = attn_implementation
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **model_kwargs)
+    except SafetensorError as exc:              # a local weights file cut short or corrupted
+        raise StudentError(f"{name}: cannot load the model weights ({str(exc).splitlines()[0]}); the file looks "
+                           "truncated or corrupted: rebuild it with the stage that wrote it") from exc
     except OSError as exc:
         raise StudentError(f"student '{path_or_spec}': cannot load ({exc}). Without hub access, use a local "
                            "directory or a gguf-package: spec.") from exc

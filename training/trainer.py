@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from common.params import ParamsError
+from common.progress import progress_enabled
 from training.config import TrainParams
 from training.data import ListDataset, PackedCollator, PaddedCollator, packed_dataset
 
@@ -148,7 +149,9 @@ def training_arguments_kwargs(cfg: TrainParams, output_dir: str | Path, *, repor
         "include_num_input_tokens_seen": "all" if cfg.packing else "non_padding",
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": torch.cuda.is_available(),
-        "disable_tqdm": True,
+        # The Trainer's own bar (steps, ETA; each log line with loss and tokens/s) on a terminal
+        # only: in captured logs (dvc repro) its refreshes would be thousands of lines.
+        "disable_tqdm": not progress_enabled(),
     }
 
 

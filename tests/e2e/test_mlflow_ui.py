@@ -1,6 +1,7 @@
 """End to end: the tiny pipeline logs to a real ``mlflow server`` over HTTP, and the MLflow UI,
-rendered by headless Chromium, shows one run per mix with its benchmark metrics and the judge-audit
-table of its evaluation.
+rendered by headless Chromium, shows one run per mix with its benchmark metrics, the judge-audit
+table of its evaluation, the experiment landing on its runs, each checkpoint's registered model
+version and its per-sample evaluation results.
 
 The REST checks pin down what the server holds; the UI checks read the same values back from the
 rendered page (run names, metric cells of the runs table, the audit table's columns), so a run
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.skipif(browser.unavailable_reason() is not None,
 SHOWN_METRICS = (f"eval/{BENCHMARK}/accuracy", f"eval/{BENCHMARK}/mean_response_tokens", "summary.final_loss")
 AUDIT_COLUMNS = ["kind", "benchmark", "problem_id", "sample_idx", "problem", "extracted_answer", "reference",
                  "judge_output", "judge"]
+RESULT_COLUMNS = ["problem", "response", "extracted_answer", "reference", "verdict", "rule_verdict", "judge_verdict",
+                  "judge_reason", "method", "benchmark", "problem_id", "sample_idx"]
 COLUMN_PICKER = "//*[@role='dialog']"
 
 
@@ -43,6 +46,7 @@ def check_server_side(pipeline, client) -> tuple[str, dict]:
     """What the server holds, over its REST API: the experiment id and the run of each mix."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None, f"experiment '{EXPERIMENT}' is not on the server"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     names = Counter(r.info.run_name for r in runs)
     # One run per checkpoint (each mix, and the untrained base); curate@SOURCE runs come besides.
@@ -73,8 +77,36 @@ def check_server_side(pipeline, client) -> tuple[str, dict]:
         table = read_json(download)
         assert table["columns"] == AUDIT_COLUMNS
         assert len(table["data"]) == len(read_json(Path(paths.eval) / mix / "judge_audit.json"))
+        check_model_and_results(pipeline, client, run, mix, scores)
         mix_runs[mix] = run
     return experiment.experiment_id, mix_runs
+
+
+def check_model_and_results(pipeline, client, run, mix: str, scores: dict) -> None:
+    """The checkpoint as a registered logged model (weights by reference), its scores linked to it
+    and to the benchmark dataset, one results row per graded sample, and the run's description."""
+    paths = pipeline.params.paths
+    checkpoint = Path(paths.checkpoints) / mix
+    tags = run.data.tags
+    assert tags["mixdistill.registered_model"] == f"models:/{EXPERIMENT}-{mix}/1"
+    version = client.get_model_version(f"{EXPERIMENT}-{mix}", "1")
+    lineage = read_json(checkpoint / "lineage.json")
+    assert version.run_id == run.info.run_id and version.source == f"models:/{tags['mixdistill.model_id']}"
+    assert version.tags["mixdistill.rows_digest"] == lineage["rows_digest"]
+    assert version.tags["mixdistill.weights_sha256.model.safetensors"] == lineage["weights_sha256"]["model.safetensors"]
+    model = client.get_logged_model(tags["mixdistill.model_id"])
+    assert model.tags["mixdistill.weights"] == f"reference to {checkpoint.resolve()}"
+    linked = {(m.key, m.dataset_name): m.value for m in model.metrics}
+    assert linked[(f"eval/{BENCHMARK}/accuracy", BENCHMARK)] == pytest.approx(scores["accuracy"])
+    assert ("train/final_loss", mix) in linked
+    reference = Path(client.download_artifacts(run.info.run_id, "eval_results_table.json",
+                                               str(pipeline.root / "downloads" / f"{mix}_results")))
+    results = read_json(reference)
+    graded = (Path(paths.eval) / mix / "graded.jsonl").read_text().splitlines()
+    assert results["columns"] == RESULT_COLUMNS and len(results["data"]) == len(graded)
+    note = tags["mlflow.note.content"]
+    assert note.startswith(f"**Mix**: {mix}: shares ") and f"**Model**: models:/{EXPERIMENT}-{mix}/1" in note
+    assert f"**Evaluation**: {BENCHMARK} accuracy {scores['accuracy']:.3f}" in note
 
 
 def show_metric_columns(page: browser.Browser, metrics) -> None:
@@ -142,6 +174,40 @@ def check_audit_artifact(page: browser.Browser, url: str, experiment_id: str, ru
     page.screenshot(shots / "mlflow_judge_audit.png")
 
 
+def check_landing_page(page: browser.Browser, url: str, experiment_id: str, mix_runs: dict, n_runs: int,
+                       shots: Path) -> None:
+    """The experiment's own link, as the README gives it, opens on the runs table. (MLflow 3.17's UI
+    picks the landing page with its GenAI / Model training switch, which this link sets; the
+    experimentKind tag is what other MLflow 3 UIs read.)"""
+    page.open(f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning")
+    page.wait(lambda: f"/experiments/{experiment_id}/runs" in page.driver.current_url,
+              "the experiment link to land on its runs", timeout_s=60)
+    page.wait_for_text(f"{n_runs} matching runs", "Run Name", *MIXES, timeout_s=60)
+    # Each checkpoint's run shows its registered model version in the runs table.
+    page.wait_for_text(*(f"{EXPERIMENT}-{mix}" for mix in mix_runs))
+    page.screenshot(shots / "mlflow_landing.png")
+
+
+def check_model_version_page(page: browser.Browser, url: str, client, mix: str, run, shots: Path) -> None:
+    """The registered version: its source run, description and the lineage digests as tags."""
+    version = client.get_model_version(f"{EXPERIMENT}-{mix}", "1")
+    page.open(f"{url}/#/models/{EXPERIMENT}-{mix}/versions/1")
+    page.wait_for_text("Version 1", "Source Run", run.info.run_name, version.description,
+                       "mixdistill.rows_digest", version.tags["mixdistill.rows_digest"],
+                       "mixdistill.weights_sha256.model.safetensors", timeout_s=60)
+    page.screenshot(shots / "mlflow_model_version.png")
+
+
+def check_results_table(page: browser.Browser, url: str, experiment_id: str, run, results: dict,
+                        shots: Path) -> None:
+    """One checkpoint's per-sample results render as a table: every column, every problem."""
+    page.open(f"{url}/#/experiments/{experiment_id}/runs/{run.info.run_id}/artifacts")
+    page.click_text("eval_results_table.json", "eval_results_table.json in the artifact tree", timeout_s=60)
+    first = dict(zip(results["columns"], results["data"][0]))
+    page.wait_for_text("View as table", *RESULT_COLUMNS, first["problem_id"], first["reference"], first["verdict"])
+    page.screenshot(shots / "mlflow_eval_results.png")
+
+
 def test_mlflow_ui_lists_one_run_per_mix_with_metrics_and_judge_audit(pipeline):
     from mlflow import MlflowClient
 
@@ -154,6 +220,11 @@ def test_mlflow_ui_lists_one_run_per_mix_with_metrics_and_judge_audit(pipeline):
         try:
             check_runs_page(page, pipeline.server.url, experiment_id, mix_runs, n_runs, shots)
             check_audit_artifact(page, pipeline.server.url, experiment_id, mix_runs[MIXES[0]], shots)
+            check_landing_page(page, pipeline.server.url, experiment_id, mix_runs, n_runs, shots)
+            check_model_version_page(page, pipeline.server.url, client, MIXES[0], mix_runs[MIXES[0]], shots)
+            results = read_json(client.download_artifacts(mix_runs[MIXES[0]].info.run_id, "eval_results_table.json",
+                                                          str(pipeline.root / "downloads" / "ui_results")))
+            check_results_table(page, pipeline.server.url, experiment_id, mix_runs[MIXES[0]], results, shots)
         except Exception:
             page.screenshot(shots / "mlflow_failure.png")         # what the page showed when it failed
             raise

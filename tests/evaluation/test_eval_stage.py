@@ -11,7 +11,7 @@ import pytest
 from common.digests import model_digest
 from common.layout import BASE_MODEL
 from evaluation import run as eval_run
-from evaluation.report import build_report as _build_report
+from evaluation.report import ReportError, build_report as _build_report
 from generation.engines import EngineError, FakeEngine
 from pipelines import eval as eval_stage
 from pipelines.params import parse_params
@@ -265,6 +265,208 @@ def test_report_roles_are_configurable_and_missing_parts_are_na(project, tmp_pat
 def test_report_without_scores_is_an_error(project):
     project["mix"] = {"mixes": {"long": {}}}
     with pytest.raises(FileNotFoundError, match="no model has scores.json"):
+        build_report(project)
+
+
+def write_graded(root: Path, model: str, correct: dict[str, list[bool]]):
+    """scores.json and graded.jsonl as the eval stage writes them: one greedy sample per problem."""
+    out = root / "data/eval" / model
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps({b: {"accuracy": sum(v) / len(v), "n_problems": len(v),
+                                                     "mean_response_tokens": 50.0, "truncation_rate": 0.0}
+                                                 for b, v in correct.items()}))
+    (out / "graded.jsonl").write_text("".join(
+        json.dumps({"benchmark": b, "problem_id": f"P_{i}", "sample_idx": 0, "correct": ok, "rule_correct": ok,
+                    "completion_tokens": 50}) + "\n" for b, v in correct.items() for i, ok in enumerate(v)))
+
+
+def first(k: int, n: int = 20) -> list[bool]:
+    return [i < k for i in range(n)]
+
+
+REPORT_MIXES = ("long", "short", "small", "mix_long", "mix_large")
+
+
+def test_report_prints_intervals_and_marks_noise(project, tmp_path):
+    project["mix"] = {"mixes": {m: {} for m in REPORT_MIXES}}
+    # long beats short on one problem (noise); short (the large teacher) beats small on nine
+    for model, k in {"base": 0, "long": 10, "short": 9, "small": 0, "mix_long": 10, "mix_large": 5}.items():
+        write_graded(tmp_path, model, {"champ_test": first(k)})
+    res = build_report(project)
+    summary = Path("reports/summary.md").read_text()
+    # by hand: one discordant problem of 20 -> replicate counts Bin(20, 1/20): [0, 3/20], McNemar p = 1
+    assert "| ΔLong = P(long: long) − P(short: short) | +0.050 [+0.000, +0.150] p=1 (noise) |" in summary
+    large = next(line for line in summary.splitlines() if line.startswith("| ΔLarge"))
+    assert "+0.450 [" in large and "p=0.0039" in large and "(noise)" not in large      # 9 vs 0: 2 / 2^9
+    assert "| mix_long − long | +0.000 [+0.000, +0.000] p=1 (noise) |" in summary
+    # 4 to 0 of 20: Bin(20, 1/5) puts 1.2% on 0, so the interval misses 0, but McNemar's p = 2/16
+    assert "| mix_large − short | -0.200 [-0.400, -0.050] p=0.12 (noise) |" in summary
+    assert "| base | 0.000 [0.000, 0.000] | 50 | 0.00 |" in summary
+    assert "read small deltas as noise" not in summary and "paired bootstrap interval over problems" in summary
+    assert "10,000 resamples" in summary and "seed 0" in summary
+    assert res["intervals"]["delta_large"]["champ_test"].low > 0
+
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    for kept in ("accuracy", "delta_long", "delta_large", "gains"):
+        assert kept in metrics
+    intervals = metrics["intervals"]
+    assert set(intervals) == {"delta_long", "delta_large", *(f"accuracy/{m}" for m in ("base", *REPORT_MIXES)),
+                              "gain/mix_long_vs_long", "gain/mix_long_vs_short", "gain/mix_large_vs_short",
+                              "gain/mix_large_vs_small"}
+    assert intervals["delta_long"] == {"champ_test": {"low": 0.0, "high": pytest.approx(0.15), "p": 1.0}}
+    assert intervals["delta_large"]["champ_test"]["p"] == pytest.approx(2 / 512)
+    assert intervals["accuracy/long"]["champ_test"]["p"] is None
+    assert intervals["accuracy/long"]["champ_test"]["low"] < 0.5 < intervals["accuracy/long"]["champ_test"]["high"]
+    assert metrics["bootstrap"] == {"resamples": 10000, "seed": 0, "confidence": 0.95}
+
+    project["report"] = {**project["report"], "bootstrap": {"resamples": 2000, "seed": 3}}
+    again = build_report(project)
+    assert again["delta_long"] == res["delta_long"] and "2,000 resamples" in Path("reports/summary.md").read_text()
+
+
+def test_report_without_per_problem_verdicts_says_so_and_pairs_only_common_problems(project, tmp_path):
+    project["mix"] = {"mixes": {"long": {}, "short": {}}}
+    write_scores(tmp_path, "long", {"champ_test": 0.5}, [5])         # graded.jsonl without problem ids
+    write_scores(tmp_path, "short", {"champ_test": 0.3}, [5])
+    build_report(project)
+    summary = Path("reports/summary.md").read_text()
+    assert "| ΔLong = P(long: long) − P(short: short) | +0.200 |" in summary
+    assert "No intervals" in summary
+    assert json.loads(Path("reports/metrics.json").read_text())["intervals"]["delta_long"] == {
+        "champ_test": {"low": None, "high": None, "p": None}}
+    write_graded(tmp_path, "long", {"champ_test": first(10)})
+    write_graded(tmp_path, "short", {"champ_test": first(9, n=18)})  # evaluated on fewer problems
+    build_report(project)
+    delta = next(line for line in Path("reports/summary.md").read_text().splitlines() if line.startswith("| ΔLong"))
+    assert delta.endswith("(noise) † |")
+
+
+def test_report_refuses_graded_samples_that_disagree_with_the_scores(project, tmp_path):
+    project["mix"] = {"mixes": {"long": {}}}
+    write_graded(tmp_path, "long", {"champ_test": first(10)})
+    scores = tmp_path / "data/eval/long/scores.json"
+    scores.write_text(scores.read_text().replace('"accuracy": 0.5', '"accuracy": 0.55'))
+    with pytest.raises(ReportError, match=r"data/eval/long/graded.jsonl: 'champ_test': per-problem accuracy "
+                                          r"averages 0.500000 but scores.json says 0.550000"):
+        build_report(project)
+    graded = tmp_path / "data/eval/long/graded.jsonl"
+    lines = graded.read_text().splitlines()
+    graded.write_text("\n".join(lines[:3] + [json.dumps({"completion_tokens": 4})] + lines[4:]) + "\n")
+    with pytest.raises(ReportError, match=r"graded.jsonl: line 4: field 'problem_id' missing"):
+        build_report(project)
+    graded.write_text(lines[0].replace('"correct": true', '"correct": "yes"') + "\n")
+    with pytest.raises(ReportError, match=r"graded.jsonl: line 1: field 'correct' missing or not a bool"):
+        build_report(project)
+
+
+def test_report_intervals_for_both_graders_under_the_paper_protocol(project, tmp_path):
+    project["mix"] = {"mixes": {m: {} for m in REPORT_MIXES}}
+    for model, (paper_k, ours_k) in {"base": (0, 0), "long": (12, 8), "short": (4, 8), "small": (4, 4),
+                                     "mix_long": (12, 8), "mix_large": (4, 4)}.items():
+        write_graded(tmp_path, model, {"math500": first(paper_k)})
+        ours = first(ours_k)
+        graded = tmp_path / "data/eval" / model / "graded.jsonl"
+        graded.write_text("".join(json.dumps({**json.loads(line), "mixdistill_correct": ok,
+                                              "mixdistill_rule_correct": ok}) + "\n"
+                                  for line, ok in zip(graded.read_text().splitlines(), ours)))
+        scores = tmp_path / "data/eval" / model / "scores.json"
+        doc = json.loads(scores.read_text())
+        doc["math500"].update(protocol="paper", mixdistill_accuracy=ours_k / 20)
+        scores.write_text(json.dumps(doc))
+    res = build_report(project)
+    assert res["mixdistill"]["delta_long"]["math500"] == pytest.approx(0.0)
+    summary = Path("reports/summary.md").read_text()
+    # long vs short: 8 to 0 under the protocol; identical under mixdistill's grader
+    protocol_row = next(line for line in summary.splitlines() if line.startswith("| ΔLong = P(long) − P(short) (protocol)"))
+    assert "+0.400 [" in protocol_row and "p=0.0078" in protocol_row and "(noise)" not in protocol_row
+    assert "| ΔLong = P(long) − P(short) (mixdistill) | +0.000 [+0.000, +0.000] p=1 (noise) |" in summary
+    # the same samples of `long`, graded twice: the protocol says right on 4 problems ours calls wrong
+    assert "| long | math500 | paper | 0.600 | 0.400 [0.200, 0.600] | +0.200 [" in summary
+    intervals = json.loads(Path("reports/metrics.json").read_text())["intervals"]
+    assert {"mixdistill/delta_long", "mixdistill/delta_large", "mixdistill/accuracy/long",
+            "grader/long", "gain/mix_long_vs_short"} <= set(intervals)
+    assert intervals["grader/long"]["math500"]["p"] == pytest.approx(2 / 16)
+    assert intervals["mixdistill/delta_long"]["math500"] == {"low": 0.0, "high": 0.0, "p": 1.0}
+
+
+def test_bootstrap_params_are_checked():
+    from common.params import ParamsError
+    from evaluation.config import parse_report
+
+    assert parse_report({"report": {}}).bootstrap.resamples == 10000
+    with pytest.raises(ParamsError, match=r"report.bootstrap.resamples: 10 must be an integer >= 100"):
+        parse_report({"report": {"bootstrap": {"resamples": 10}}})
+    with pytest.raises(ParamsError, match=r"report.bootstrap.confidence: 1.5"):
+        parse_report({"report": {"bootstrap": {"confidence": 1.5}}})
+    with pytest.raises(ParamsError, match=r"report.bootstrap: unknown key\(s\) \['sed'\]"):
+        parse_report({"report": {"bootstrap": {"sed": 1}}})
+
+
+def write_heldout(root: Path, model: str, styles: dict[str, list[float]], note: str | None = None):
+    folder = root / "data/heldout/scores"
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"model": model, "styles": {s: {"mean_nll": sum(v) / len(v), "n_traces": len(v), "n_tokens": 10 * len(v),
+                                          "per_trace": {f"{s}-t{i}": x for i, x in enumerate(v)}}
+                                      for s, v in styles.items()}}
+    if note:
+        doc["note"] = note
+    (folder / f"{model}.json").write_text(json.dumps(doc))
+
+
+def test_report_heldout_loss_table_when_scores_exist(project, tmp_path):
+    project["mix"] = {"mixes": {m: {} for m in REPORT_MIXES}}
+    for model in ("base", *REPORT_MIXES):
+        write_graded(tmp_path, model, {"champ_test": first(5)})
+    build_report(project)
+    summary = Path("reports/summary.md").read_text()
+    assert "Held-out loss: not computed (no `<model>.json` under `data/heldout/scores`" in summary
+    assert "## Held-out loss by style" not in summary
+    assert "heldout_loss" not in json.loads(Path("reports/metrics.json").read_text())
+
+    base_long, base_short = [2.0, 2.1, 1.9, 2.2, 2.0], [1.0, 1.2, 0.8, 1.1, 0.9]
+    write_heldout(tmp_path, "base", {"long": base_long, "short": base_short})
+    write_heldout(tmp_path, "long", {"long": [x - 0.5 for x in base_long],                    # every trace -0.5
+                                     "short": [x + d for x, d in zip(base_short, (0.1, -0.1, 0.1, -0.1, 0.0))]})
+    res = build_report(project)
+    summary = Path("reports/summary.md").read_text()
+    assert "## Held-out loss by style" in summary and "| model | long | short | long − base | short − base |" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| long | 1.540 |"))
+    assert "| -0.500 [-0.500, -0.500] |" in row and row.endswith("(noise) |")
+    assert "| base | 2.040 | 1.000 | — | — |" in summary
+    assert "Not scored: short, small, mix_long, mix_large." in summary
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    assert metrics["heldout_loss"] == {"base": {"long": pytest.approx(2.04), "short": pytest.approx(1.0)},
+                                       "long": {"long": pytest.approx(1.54), "short": pytest.approx(1.0)}}
+    assert res["heldout_loss"] == metrics["heldout_loss"]
+    long_change = metrics["intervals"]["heldout/long/long"]["heldout"]
+    assert long_change["low"] == pytest.approx(-0.5) and long_change["high"] == pytest.approx(-0.5)
+    assert long_change["p"] is None
+    assert metrics["intervals"]["heldout/short/long"]["heldout"]["low"] < 0 < \
+        metrics["intervals"]["heldout/short/long"]["heldout"]["high"]
+    assert "delta_long" in metrics["intervals"] and "accuracy" in metrics
+
+
+def test_report_heldout_scores_without_problems_or_damaged(project, tmp_path):
+    project["mix"] = {"mixes": {"long": {}}}
+    write_graded(tmp_path, "long", {"champ_test": first(5)})
+    write_heldout(tmp_path, "long", {}, note="no held-out problems")
+    build_report(project)
+    assert "Held-out loss: not computed (the scores say: no held-out problems)." in \
+        Path("reports/summary.md").read_text()
+    write_heldout(tmp_path, "base", {"long": [1.0, 2.0]})
+    path = tmp_path / "data/heldout/scores/base.json"
+    doc = json.loads(path.read_text())
+    doc["styles"]["long"]["mean_nll"] = 1.7                     # not the mean over traces
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReportError, match=r"data/heldout/scores/base.json: styles.long.mean_nll: 1.7 is not the "
+                                          r"mean of per_trace"):
+        build_report(project)
+    doc["styles"]["long"].update(mean_nll=1.5, n_traces=3)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ReportError, match=r"styles.long.n_traces: 3 but per_trace holds 2 traces"):
+        build_report(project)
+    path.write_text(json.dumps({**doc, "model": "long"}))
+    with pytest.raises(ReportError, match=r"base.json: field 'model' is 'long', expected 'base'"):
         build_report(project)
 
 

@@ -198,7 +198,30 @@ def test_hanging_pairs_time_out_and_the_batch_carries_on():
         Verdict("3+x", False, "timeout"),  # the worker was killed and replaced
         Verdict("4+x", True, "math_verify"),
     ]
-    assert time.monotonic() - start < 20
+    # both were tried once more with twice the budget, and hung again
+    assert (grader.stats["retried"], grader.stats["timeout_after_retry"]) == (2, 2)
+    assert time.monotonic() - start < 30
+
+
+def slow_checker(answer, variants, timeout, tail=None):
+    """Takes 0.8 s on "slow": past a 0.5 s deadline, within the 1.0 s of the retry."""
+    if answer == "slow":
+        time.sleep(0.8)
+    return True, "math_verify"
+
+
+def test_a_timed_out_pair_is_retried_once_with_a_longer_deadline():
+    with Grader(timeout_s=0.5, workers=1, checker=slow_checker) as grader:
+        verdicts = grader.grade_answers(["slow", "fast"], ["x", "y"])
+    assert verdicts == [Verdict("slow", True, "math_verify"), Verdict("fast", True, "math_verify")]
+    assert (grader.stats["retried"], grader.stats["timeout_after_retry"]) == (1, 0)
+
+
+def test_retry_can_be_turned_off():
+    with Grader(timeout_s=0.5, workers=1, checker=slow_checker, retry_timeouts=False) as grader:
+        verdicts = grader.grade_answers(["slow"], ["x"])
+    assert verdicts == [Verdict("slow", False, "timeout")]
+    assert grader.stats["retried"] == 0
 
 
 def test_math_verify_in_worker_processes():

@@ -60,8 +60,13 @@ def test_train_stage_writes_checkpoint_metrics_and_mlflow_run(project):
     assert dataset_inputs[0].dataset.digest == manifest["rows_digest"]
     assert dataset_inputs[0].dataset.name == "tiny"
     assert dataset_inputs[0].tags[0].value == "training"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert {"checkpoint/model.safetensors", "checkpoint/tokenizer.json"} <= artifacts
+    # The checkpoint is a logged model holding a reference to the weights (tracking.log_weights), and
+    # a version of the mix's registered model; the weights themselves stay out of the store.
+    model = mlflow.get_logged_model(run.data.tags["mixdistill.model_id"])
+    assert model.source_run_id == run.info.run_id and model.tags["mixdistill.weights"] == f"reference to {out}"
+    name, version = run.data.tags["mixdistill.registered_model"][len("models:/"):].split("/")
+    assert name.endswith("-tiny") and client.get_model_version(name, version).run_id == run.info.run_id
+    assert not any(a.path.endswith(".safetensors") for a in client.list_artifacts(run.info.run_id))
 
 
 def test_refuses_a_mix_that_fails_verification(tmp_path, tokenizer, monkeypatch, capsys):
