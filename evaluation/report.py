@@ -27,7 +27,7 @@ from pathlib import Path
 from common import layout as names
 from common.io import JsonlError, atomic_file, iter_jsonl, write_json
 from common.layout import Layout
-from evaluation import report_heldout
+from evaluation import report_heldout, report_sweep, report_traces
 from evaluation.config import ReportParams
 from evaluation.report_stats import (MIXDISTILL_PREFIX, ReportError, as_json, comparisons, fmt_interval,
                                      grader_intervals, intervals, per_problem, slim_sample)
@@ -275,8 +275,10 @@ def _arm_lines(arms: dict | None) -> list[str]:
     return lines
 
 
-def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict | None = None) -> dict:
-    """The report; ``arms`` (``pipelines.recipe.describe``) adds each arm's recipe and parity."""
+def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict | None = None,
+                 sources: list[str] | None = None) -> dict:
+    """The report; ``arms`` (``pipelines.recipe.describe``) adds each arm's recipe and parity,
+    ``sources`` the student NLL of each curated source's traces (where curation scored them)."""
     models = [cfg.baseline] + [m for m in mixes if m != cfg.baseline]
     scores, lengths, samples, missing = collect(layout.eval_root, models)
     if not scores:
@@ -298,13 +300,21 @@ def build_report(layout: Layout, cfg: ReportParams, mixes: list[str], arms: dict
     metrics["intervals"] = as_json(result["intervals"])
     metrics["bootstrap"] = {"resamples": cfg.bootstrap.resamples, "seed": cfg.bootstrap.seed,
                             "confidence": cfg.bootstrap.confidence}
+    traces = report_traces.collect(layout.curated_root, sources or [])
+    trace_lines, trace_metrics = report_traces.section(traces)
+    if trace_metrics:
+        metrics["trace_nll"] = trace_metrics
     write_json(out / "metrics.json", metrics)
+    sweep_accuracy, sweep_heldout = report_sweep.points(Path(layout.paths.mixes), mixes, result, heldout_loss or {})
+    write_json(out / "plots" / "shares.json", sweep_accuracy)
+    write_json(out / "plots" / "heldout_shares.json", sweep_heldout)
+    report_traces.plot(traces, out)
     write_json(out / "plots" / "accuracy.json",
                [{"model": m, "benchmark": b, cfg.metric: v,
                  **({ours["metric"]: ours[ours["metric"]][m][b]} if ours is not None else {})}
                 for m, row in result[cfg.metric].items() for b, v in row.items() if v is not None])
     plot(result, lengths, out)
     with atomic_file(out / "summary.md", encoding="utf-8") as f:
-        f.write(summary_markdown(result, scores, lengths, missing, cfg, heldout_lines)
+        f.write(summary_markdown(result, scores, lengths, missing, cfg, heldout_lines + trace_lines)
                 + "\n".join(_arm_lines(arms)) + ("\n" if arms else ""))
     return {**result, "missing": missing, "heldout_loss": heldout_loss}

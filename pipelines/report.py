@@ -5,7 +5,11 @@ section of params.yaml. Writes ``<reports>/summary.md``, ``metrics.json``, ``plo
 (for ``dvc plots``), ``accuracy.png`` and ``response_lengths.png``. Models evaluated under
 ``eval.protocol: paper`` are shown with mixdistill's grader beside the protocol's scoring. Every
 accuracy, delta and gain gets a paired bootstrap interval (``report.bootstrap``) and McNemar p;
-held-out losses under ``paths.heldout`` add a table when they exist.
+held-out losses under ``paths.heldout`` add a table when they exist, and the student NLL of
+curated traces (``curate.score``) a trace learnability table and ``student_nll.png``.
+``plots/shares.json`` / ``heldout_shares.json`` hold each mix's achieved long and large shares
+beside its accuracy and held-out loss: the points of a ratio-sweep curve (dvc.yaml's top-level
+plots, drawn across experiments by ``dvc plots diff``).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def main(argv=None) -> int:
     def body():
         params = load_params(args.params)
         result = build_report(params.layout, params.report, list(params.mix.mixes),
-                              arms=describe(params, with_data=False))
+                              arms=describe(params, with_data=False), sources=list(params.sources))
         brief = {k: result[k] for k in ("delta_long", "delta_large", "missing")}
         brief["intervals"] = as_json({k: result["intervals"][k] for k in ("delta_long", "delta_large")})
         if result["heldout_loss"]:

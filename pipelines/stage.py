@@ -39,6 +39,8 @@ def pick(name: str, known: dict, fan: str):
 
 def run(stage: str, body: Callable[[], int | None]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Great Expectations logs ~200 INFO lines of its own set-up per contract: noise in dvc's logs
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
         return body() or 0
     except MixdistillError as exc:
