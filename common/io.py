@@ -126,8 +126,13 @@ def replace_dir(staging: str | Path, target: str | Path) -> None:
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "w", **kwargs):
+    """Yield a file open on a temp sibling that replaces ``path`` on success; removed on failure.
+    Temp files a killed earlier write left beside ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:

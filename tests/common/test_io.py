@@ -139,3 +139,16 @@ def test_atomic_dir_removes_what_a_killed_run_left_and_keeps_the_old_output_unti
         (out / "kept.parquet").write_text("new")
     assert (target / "kept.parquet").read_text() == "new"
     assert sorted(p.name for p in (tmp_path / "curated").iterdir()) == [".other.abc", "src"]
+
+
+def test_atomic_file_removes_temp_files_a_killed_write_left(tmp_path):
+    from common.io import atomic_file
+
+    target = tmp_path / "out.parquet"
+    target.write_bytes(b"old")
+    (tmp_path / ".out.parquet.k1ll3d").write_bytes(b"half")     # a kill -9 inside an earlier write
+    (tmp_path / ".other.parquet.x").write_bytes(b"not ours")
+    with atomic_file(target, "wb") as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.parquet.x", "out.parquet"]

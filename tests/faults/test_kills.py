@@ -156,3 +156,90 @@ def test_eval_killed_after_its_first_chunk_resumes_without_repeating_or_losing_s
     assert len(keys) == len(set(keys)) == 5
     assert read_jsonl(samples)[:2] == saved                # the saved samples were kept as they were
     assert json.loads(Path("data/eval/mix_a/scores.json").read_text())
+
+
+@pytest.mark.slow
+def test_mix_killed_after_writing_its_temp_folder_keeps_the_old_mix(curate_project):
+    root = curate_project
+    params = json.loads((root / "params.yaml").read_text())
+    params["mix"]["mixes"] = {"only": {"size": 10, "components": {"src": 1.0}}}
+    params["train"]["mixes"] = ["only"]
+    params["report"].update({r: "only" for r in ("long", "short", "large", "small", "mix_long", "mix_large")})
+    (root / "params.yaml").write_text(json.dumps(params))
+    assert run_stage(root, "pipelines.curate", "--source", "src", "--no-mlflow").returncode == 0
+    first = run_stage(root, "pipelines.mix", "--mix", "only")
+    assert first.returncode == 0, first.stderr[-3000:]
+    mixes = root / "data/mixes"
+    before = snapshot(mixes / "only")
+
+    marker = root / "killed-here"
+    kill_at(root, f"""
+        import sys, time
+        import pipelines.mix as stage
+
+        real = stage.write_mix
+
+        def write_then_stall(*args, **kwargs):    # the whole new mix is in the temp folder
+            real(*args, **kwargs)
+            open({str(marker)!r}, "w").close()
+            time.sleep(600)
+
+        stage.write_mix = write_then_stall
+        sys.exit(stage.main(["--mix", "only"]))
+    """, marker)
+    assert any(p.name.startswith(".only.") for p in mixes.iterdir())
+    assert snapshot(mixes / "only") == before
+
+    again = run_stage(root, "pipelines.mix", "--mix", "only")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not [p.name for p in mixes.iterdir() if p.name.startswith(".")]
+    assert snapshot(mixes / "only") == before          # the same draw, byte for byte
+
+
+@pytest.mark.slow
+def test_traces_killed_inside_its_file_write_keeps_the_old_file_and_the_rerun_cleans_up(tmp_path):
+    problems = tmp_path / "data/problems"
+    problems.mkdir(parents=True)
+    rows = [{"problem_id": f"p{i}", "problem": f"What is {i} plus one?", "reference_answer": str(i + 1)}
+            for i in range(6)]
+    pl.DataFrame(rows[:4]).write_parquet(problems / "train.parquet")
+    pl.DataFrame(rows[4:]).write_parquet(problems / "test.parquet")
+    (tmp_path / "traces.jsonl").write_text("".join(
+        json.dumps({"problem": r["problem"], "response": f"It is {r['reference_answer']}."}) + "\n" for r in rows))
+    params = project_params(sources={"src": {"kind": "file", "path": str(tmp_path / "traces.jsonl"), "style": "short",
+                                             "teacher_size": "small", "teacher": "T",
+                                             "columns": {"problem": "problem", "response": "response"}}})
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    first = run_stage(tmp_path, "pipelines.traces", "--source", "src", "--no-mlflow")
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "data/traces/src.parquet"
+    before = out.read_bytes()
+    assert pl.read_parquet(out).height == 4                    # the two held-out problems' traces dropped
+
+    marker = tmp_path / "killed-here"
+    kill_at(tmp_path, f"""
+        import sys, time
+        from contextlib import contextmanager
+        import pipelines.traces as stage
+
+        real = stage.atomic_file
+
+        @contextmanager
+        def write_then_stall(*args, **kwargs):    # the new file is written, not yet renamed into place
+            with real(*args, **kwargs) as f:
+                yield f
+                f.flush()
+                open({str(marker)!r}, "w").close()
+                time.sleep(600)
+
+        stage.atomic_file = write_then_stall
+        sys.exit(stage.main(["--source", "src", "--no-mlflow"]))
+    """, marker)
+    folder = out.parent
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".src.parquet.")]
+    assert out.read_bytes() == before
+
+    again = run_stage(tmp_path, "pipelines.traces", "--source", "src", "--no-mlflow")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == ["src.parquet"]
+    assert pl.read_parquet(out).equals(pl.read_parquet(io.BytesIO(before)))
