@@ -215,6 +215,21 @@ class ScoreParams:
 
 
 @dataclass
+class RayCurateParams:
+    """``curate.ray`` (``executor: ray``): checker actors, each with its own grading processes."""
+    workers: int = 2
+    num_cpus_per_worker: float = 1.0
+    grading_workers: int = 1
+
+    def __post_init__(self):
+        for key, low in (("workers", 1), ("grading_workers", 0)):
+            if not is_int(getattr(self, key)) or getattr(self, key) < low:
+                raise ParamsError(f"curate.ray.{key}: {getattr(self, key)!r} must be an integer >= {low}")
+        if not is_number(self.num_cpus_per_worker) or self.num_cpus_per_worker <= 0:
+            raise ParamsError(f"curate.ray.num_cpus_per_worker: {self.num_cpus_per_worker!r} must be a positive number")
+
+
+@dataclass
 class CurateParams:
     min_tokens: int
     max_tokens: int
@@ -226,8 +241,15 @@ class CurateParams:
     decontam: DecontamParams = field(default_factory=DecontamParams)
     contract: ContractParams = field(default_factory=ContractParams)
     score: ScoreParams = field(default_factory=ScoreParams)
+    shard_rows: int = 50_000         # rows read, checked and written at a time (curation/sharded.py)
+    executor: str = "local"          # local | ray (curate.ray; RAY_ADDRESS picks the cluster)
+    ray: RayCurateParams = field(default_factory=RayCurateParams)
 
     def __post_init__(self):
+        if not is_int(self.shard_rows) or self.shard_rows <= 0:
+            raise ParamsError(f"curate.shard_rows: {self.shard_rows!r} must be a positive integer")
+        if self.executor not in ("local", "ray"):
+            raise ParamsError(f"curate.executor: {self.executor!r} must be local or ray")
         for key in ("min_tokens", "max_tokens", "cutoff_len"):
             if not is_int(getattr(self, key)):
                 raise ParamsError(f"curate.{key}: {getattr(self, key)!r} must be an integer")
@@ -359,16 +381,14 @@ def parse_mix(params: dict, sources: dict[str, SourceParams], groups: dict[str, 
             raise ParamsError(f"mix '{name}': shares sum to {total:g}, expected 1.0")
         if (m.size is None) == (m.token_budget is None):
             raise ParamsError(f"mix '{name}': set exactly one of size (examples) or token_budget (tokens)")
-        if m.size is not None and (not isinstance(m.size, int) or m.size <= 0):
-            raise ParamsError(f"mix '{name}': size {m.size!r} must be a positive integer")
-        if m.token_budget is not None and (not isinstance(m.token_budget, int) or m.token_budget <= 0):
-            raise ParamsError(f"mix '{name}': token_budget {m.token_budget!r} must be a positive integer")
+        for key, value in (("size", m.size), ("token_budget", m.token_budget)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ParamsError(f"mix '{name}': {key} {value!r} must be a positive integer")
         score_on = ((params.get("curate") or {}).get("score") or {}).get("enabled") is True
-        for comp in m.selections:
-            if not score_on:
-                raise ParamsError(f"mix.mixes.{name}.components.{comp}.select: selecting by student_nll needs "
-                                  "the scores: set curate.score.enabled: true (and curate.score.max_rows: null "
-                                  "to score every kept row)")
+        if m.selections and not score_on:
+            raise ParamsError(f"mix.mixes.{name}.components.{next(iter(m.selections))}.select: selecting by student_nll needs "
+                              "the scores: set curate.score.enabled: true (and curate.score.max_rows: null "
+                              "to score every kept row)")
         mixes[name] = m
     if not mixes:
         raise ParamsError("mix.mixes: at least one mix is needed")

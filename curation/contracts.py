@@ -29,6 +29,8 @@ from pathlib import Path
 import polars as pl
 
 from common import layout as names
+from common.io import read_parquet
+from curation.contract_parts import build_id_suite, merge_results, parquet_columns
 from curation.schema import REQUIRED_TEXT, STYLES, TEACHER_SIZES, TRACE_SCHEMA
 
 # Pipeline stages run offline and must never wait on a network call; GX's usage statistics are
@@ -195,7 +197,7 @@ def build_batch_suite(curate_params, source_name: str):
     return _gx().ExpectationSuite(name=f"curated_{source_name}_batch", expectations=[e for e, _ in exps])
 
 
-def summary_frame(kept: pl.DataFrame, report: dict, source_name: str) -> pl.DataFrame:
+def summary_frame(kept_rows: int, report: dict, source_name: str) -> pl.DataFrame:
     """The report's counts as one row, plus the derived shares the batch suite bounds."""
     missing = [k for k in ("input", "kept", "rejected") if k not in report]
     if missing:
@@ -207,7 +209,7 @@ def summary_frame(kept: pl.DataFrame, report: dict, source_name: str) -> pl.Data
     top = min(reasons.items(), key=lambda kv: (-kv[1], kv[0])) if reasons else (None, 0)
     return pl.DataFrame({
         "source": [source_name], "input": [n_in], "kept": [n_kept], "rejected": [n_rej],
-        "kept_plus_rejected": [n_kept + n_rej], "kept_rows": [kept.height],
+        "kept_plus_rejected": [n_kept + n_rej], "kept_rows": [kept_rows],
         # An empty input keeps nothing: it fails any positive min_kept_fraction on purpose.
         "kept_fraction": [n_kept / n_in if n_in else 0.0],
         "top_reject_reason": [top[0]], "top_reason_share": [top[1] / n_in if n_in else 0.0],
@@ -329,19 +331,43 @@ def validate_curated(kept: pl.DataFrame, report: dict, curate_params, source_nam
     docs_dir = out_dir / DOCS_DIR if data_docs else None
     if docs_dir is not None and docs_dir.exists():
         shutil.rmtree(docs_dir)  # stale pages of an earlier run would stay in the index
-    summary = summary_frame(kept, report, source_name)
-    wanted = [c for c in contract_schema(curate_params) if c in kept.columns]
-    rows = kept.select(wanted).with_row_index(ROW_ID).with_columns(pl.col(ROW_ID).cast(pl.Int64))
-    row_index = [ROW_ID] + (["trace_id"] if "trace_id" in rows.columns else [])
+    parts = kept if isinstance(kept, (list, tuple)) else [kept]
+    schema = contract_schema(curate_params)
+
+    def rows_of(part, offset: int) -> pl.DataFrame:
+        # Only the contract's columns, read part by part: a sharded kept set is never whole in memory.
+        if not isinstance(part, pl.DataFrame):
+            present = parquet_columns(part)
+            part = read_parquet(part, [c for c in schema if c in present])
+        wanted = [c for c in schema if c in part.columns]
+        return (part.select(wanted).with_row_index(ROW_ID, offset=offset)
+                .with_columns(pl.col(ROW_ID).cast(pl.Int64)))
 
     ctx = _context(docs_dir)
-    row_suite, row_result = _validate(ctx, f"{source_name}_kept", build_suite(curate_params, source_name),
-                                      rows, row_index)
+    row_suite, row_results, failures, offset, ids = None, [], [], 0, []
+    for k, part in enumerate(parts):
+        rows = rows_of(part, offset)
+        offset += rows.height
+        row_index = [ROW_ID] + (["trace_id"] if "trace_id" in rows.columns else [])
+        if "trace_id" in rows.columns and len(parts) > 1:
+            ids.append(rows.select("trace_id"))
+        label = "rows" if len(parts) == 1 else f"rows part {k}"
+        row_suite, result = _validate(ctx, f"{source_name}_kept" + ("" if len(parts) == 1 else f"_part{k}"),
+                                      build_suite(curate_params, source_name), rows, row_index)
+        row_results.append(result)
+        failures += _failure_lines(label, row_suite, result, set(rows.columns), row_index)
+    if ids:     # per-part suites see uniqueness within a part only: once more over all parts' ids
+        id_suite, result = _validate(ctx, f"{source_name}_kept_ids", build_id_suite(source_name),
+                                     pl.concat(ids).with_row_index(ROW_ID).with_columns(pl.col(ROW_ID).cast(pl.Int64)),
+                                     [ROW_ID, "trace_id"])
+        row_results.append(result)
+        failures += _failure_lines("rows, all parts", id_suite, result, {"trace_id", ROW_ID}, [ROW_ID, "trace_id"])
+    summary = summary_frame(offset, report, source_name)
     batch_suite, batch_result = _validate(ctx, f"{source_name}_summary",
                                           build_batch_suite(curate_params, source_name),
                                           summary, SUMMARY_INDEX)
-    failures = (_failure_lines("rows", row_suite, row_result, set(rows.columns), row_index)
-                + _failure_lines("batch", batch_suite, batch_result, set(summary.columns), SUMMARY_INDEX))
+    failures += _failure_lines("batch", batch_suite, batch_result, set(summary.columns), SUMMARY_INDEX)
+    row_result = merge_results(row_results)
     by_suite = {"rows": dict(row_result.statistics), "batch": dict(batch_result.statistics)}
     keys = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations")
     statistics = {k: sum(int(s[k]) for s in by_suite.values()) for k in keys}

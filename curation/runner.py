@@ -16,6 +16,8 @@ from common.prompt import chat_length
 # template overhead, tokenised separately) to be recomputed exactly with the chat template:
 # separate tokenisation can differ from the joint one by a token or two at the boundaries.
 EXACT_LENGTH_MARGIN = 16
+# Problems listed in the report for traces without a reference (the count is always whole).
+NO_REFERENCE_SHOWN = 50
 
 
 @dataclass
@@ -66,33 +68,27 @@ def length_stats(values: list[int]) -> dict:
             "p90": q(0.9), "p99": q(0.99), "max": s[-1]}
 
 
-def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontaminator=None,
-                 dedup: Callable | None = None, flaggers: list | None = None, judge=None,
-                 progress: StepProgress | None = None) -> CurationResult:
-    """Run every check on every row and split kept / rejected.
+def check_rows(frame: pl.DataFrame, *, row_checks: list, grader=None, decontaminator=None,
+               flaggers: list | None = None, judge=None,
+               timings: dict | None = None) -> tuple[pl.DataFrame, dict, list[str]]:
+    """Every check but dedup on every row: ``(frame + the checks' columns + reasons, extra report,
+    flag column names)``.
 
-    ``judge`` (a ``grading.judge.JudgeGrader`` around ``grader``) grades instead of the bare rule
-    grader: rule misses with an extracted answer go to the LLM judge; its audit goes into
-    ``report["judge"]``. Order matters only for dedup: it runs last and prefers, within a
-    duplicate cluster, a row that passed everything else, so a good trace is never dropped in
-    favour of a bad copy. ``progress`` (a :class:`common.progress.StepProgress`) counts every
-    check, grading, decontamination and dedup as one step with its rows/s."""
-    # Each step already ends by recording its time: progress hooks onto those records, so the
-    # steps themselves (grading above all) carry no progress code.
-    timings: dict[str, float] = progress.timings() if progress is not None else {}
-    if progress is not None:
-        progress.add_steps(len(row_checks) + sum(x is not None for x in (grader, decontaminator, dedup)))
+    ``reasons`` is a list column (empty: passed everything so far). The extra report holds what
+    only grading knows (judge calls, traces without a reference, retried pairs); ``timings``
+    receives each step's seconds."""
+    timings = {} if timings is None else timings
     n = frame.height
     reasons: list[list[str]] = [[] for _ in range(n)]
 
-    def collect(name: str, series: pl.Series):
+    def collect(series: pl.Series):
         for i, r in enumerate(series.to_list()):
             if r is not None:
                 reasons[i].append(r)
 
     for check in row_checks:
         t = time.perf_counter()
-        collect(check.name, check(frame))
+        collect(check(frame))
         timings[check.name] = time.perf_counter() - t
 
     extra, extra_report = {}, {}
@@ -135,7 +131,7 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
             problems = frame["problem"].to_list()
             extra_report["no_reference"] = {
                 "traces": len(unmatched),
-                "problems": sorted({problems[i][:200] for i in unmatched})[:50]}
+                "problems": sorted({problems[i][:200] for i in unmatched})[:NO_REFERENCE_SHOWN]}
         # distinct pairs that timed out once and were tried again with a longer deadline
         extra_report["grading_retries"] = {"retried": stats.get("retried", 0) - retried_before[0],
                                            "timed_out_again": stats.get("timeout_after_retry", 0) - retried_before[1]}
@@ -153,36 +149,120 @@ def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontam
         extra["contaminated_by"] = pl.Series(matches, dtype=pl.Utf8)
         timings["decontamination"] = time.perf_counter() - t
 
-    if dedup is not None:
-        t = time.perf_counter()
-        prefer = pl.Series([not r for r in reasons], dtype=pl.Boolean)
-        collect("dedup", dedup(frame, prefer))
-        timings["dedup"] = time.perf_counter() - t
-
     flag_cols = {}
     for flagger in flaggers or []:
         flag_cols.update(flagger(frame))
+    out = frame.with_columns(**extra, **{c: s.alias(c) for c, s in flag_cols.items()},
+                             reasons=pl.Series(reasons, dtype=pl.List(pl.Utf8)))
+    return out, extra_report, list(flag_cols)
 
-    out = frame.with_columns(**extra, **flag_cols, reasons=pl.Series(reasons, dtype=pl.List(pl.Utf8)))
+
+def add_reason(frame: pl.DataFrame, reason: pl.Series) -> pl.DataFrame:
+    """Append one more (nullable) reason per row to the ``reasons`` list column."""
+    return frame.with_columns(
+        pl.when(reason.is_not_null()).then(pl.col("reasons").list.concat(pl.concat_list(pl.lit(reason))))
+        .otherwise(pl.col("reasons")).alias("reasons"))
+
+
+def split_kept(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     is_kept = pl.col("reasons").list.len() == 0
-    kept = out.filter(is_kept).drop("reasons")
-    rejected = out.filter(~is_kept)
-    assert kept.height + rejected.height == n, "conservation violated"  # cannot happen; guards edits
+    return frame.filter(is_kept).drop("reasons"), frame.filter(~is_kept)
 
-    by_reason: dict[str, int] = {}
-    for rs in reasons:
-        for r in set(rs):
-            by_reason[r] = by_reason.get(r, 0) + 1
-    report = {
-        "input": n, "kept": kept.height, "rejected": rejected.height,
-        "kept_fraction": round(kept.height / n, 4) if n else 0.0,
-        "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
-        "rejected_with_several_reasons": sum(1 for rs in reasons if len(rs) > 1),
-        "flags": {c: int(s.sum()) for c, s in flag_cols.items()},
-        "response_tokens": {"input": length_stats(frame["response_tokens"].to_list()),
-                            "kept": length_stats(kept["response_tokens"].to_list())},
-        "sequence_tokens": {"input": length_stats(frame["sequence_tokens"].to_list()),
-                            "kept": length_stats(kept["sequence_tokens"].to_list())},
-        **extra_report,
-    }
-    return CurationResult(kept=kept, rejected=rejected, report=report, timings=dict(timings))
+
+def merge_extra_reports(extras: list[dict]) -> dict:
+    """Several batches' extra reports as one: counters add up, audit lists join, and the listed
+    problems without a reference stay the first NO_REFERENCE_SHOWN of all (sorted), which the
+    batches' own first-N lists always contain."""
+    out: dict = {}
+    for extra in extras:
+        for key, value in extra.items():
+            have = out.get(key)
+            if have is None:
+                out[key] = {k: (list(v) if isinstance(v, list) else v) for k, v in value.items()}
+            elif key == "no_reference":
+                have["traces"] += value["traces"]
+                have["problems"] = sorted(set(have["problems"]) | set(value["problems"]))[:NO_REFERENCE_SHOWN]
+            else:            # judge and grading_retries: counters add up, the audit lists join
+                for k, v in value.items():
+                    if isinstance(v, list):
+                        have[k].extend(v)
+                    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                        have[k] += v
+    return out
+
+
+class ReportBuilder:
+    """The curate report from one or many batches of final rows (``reasons`` settled)."""
+
+    def __init__(self, flag_columns: list[str]):
+        self.flag_columns = list(flag_columns)
+        self.n = self.kept = 0
+        self.by_reason: dict[str, int] = {}
+        self.several = 0
+        self.flags = {c: 0 for c in self.flag_columns}
+        self.tokens = {k: {"input": [], "kept": []} for k in ("response_tokens", "sequence_tokens")}
+        self.extra: dict = {}
+
+    def add(self, frame: pl.DataFrame, extra_report: dict | None = None) -> None:
+        reasons = frame["reasons"].to_list()
+        self.n += frame.height
+        kept_mask = [not rs for rs in reasons]
+        self.kept += sum(kept_mask)
+        for rs in reasons:
+            for r in set(rs):
+                self.by_reason[r] = self.by_reason.get(r, 0) + 1
+        self.several += sum(1 for rs in reasons if len(rs) > 1)
+        for c in self.flag_columns:
+            self.flags[c] += int(frame[c].sum())
+        for k, lists in self.tokens.items():
+            values = frame[k].to_list()
+            lists["input"].extend(values)
+            lists["kept"].extend(v for v, keep in zip(values, kept_mask) if keep)
+        self._merge(extra_report or {})
+
+    def _merge(self, extra: dict) -> None:
+        self.extra = merge_extra_reports([self.extra, extra])
+
+    def report(self) -> dict:
+        n, kept = self.n, self.kept
+        return {
+            "input": n, "kept": kept, "rejected": n - kept,
+            "kept_fraction": round(kept / n, 4) if n else 0.0,
+            "rejected_by_reason": dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])),
+            "rejected_with_several_reasons": self.several,
+            "flags": dict(self.flags),
+            "response_tokens": {k: length_stats(v) for k, v in self.tokens["response_tokens"].items()},
+            "sequence_tokens": {k: length_stats(v) for k, v in self.tokens["sequence_tokens"].items()},
+            **self.extra,
+        }
+
+
+def run_curation(frame: pl.DataFrame, *, row_checks: list, grader=None, decontaminator=None,
+                 dedup: Callable | None = None, flaggers: list | None = None, judge=None,
+                 progress: StepProgress | None = None) -> CurationResult:
+    """Run every check on every row of one in-memory frame and split kept / rejected.
+
+    ``judge`` (a ``grading.judge.JudgeGrader`` around ``grader``) grades instead of the bare rule
+    grader: rule misses with an extracted answer go to the LLM judge; its audit goes into
+    ``report["judge"]``. Order matters only for dedup: it runs last and prefers, within a
+    duplicate cluster, a row that passed everything else, so a good trace is never dropped in
+    favour of a bad copy. ``progress`` (a :class:`common.progress.StepProgress`) counts every
+    check, grading, decontamination and dedup as one step with its rows/s.
+    ``curation.sharded`` runs the same steps over a source in shards."""
+    # Each step already ends by recording its time: progress hooks onto those records, so the
+    # steps themselves (grading above all) carry no progress code.
+    timings: dict[str, float] = progress.timings() if progress is not None else {}
+    if progress is not None:
+        progress.add_steps(len(row_checks) + sum(x is not None for x in (grader, decontaminator, dedup)))
+    out, extra_report, flag_columns = check_rows(frame, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
+                                   flaggers=flaggers, judge=judge, timings=timings)
+    if dedup is not None:
+        t = time.perf_counter()
+        prefer = out.select(pl.col("reasons").list.len() == 0).to_series()
+        out = add_reason(out, dedup(frame, prefer))
+        timings["dedup"] = time.perf_counter() - t
+    builder = ReportBuilder(flag_columns)
+    builder.add(out, extra_report)
+    kept, rejected = split_kept(out)
+    assert kept.height + rejected.height == frame.height, "conservation violated"  # guards edits
+    return CurationResult(kept=kept, rejected=rejected, report=builder.report(), timings=dict(timings))

@@ -73,15 +73,14 @@ def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
             cache.close()
 
 
-def plot_lengths(result, cur, path: Path, title: str) -> None:
+def plot_lengths(kept: list[int], rej: list[int], cur, path: Path, title: str) -> None:
+    """Stacked histogram of the chat-templated example lengths, kept vs rejected, with the cutoff."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    kept = result.kept["sequence_tokens"].to_list()
-    rej = result.rejected["sequence_tokens"].to_list()
     hi = max(kept + rej + [cur.cutoff_len]) if (kept or rej) else cur.cutoff_len
     bins = [hi * i / 40 for i in range(41)]
     ax.hist([kept, rej], bins=bins, stacked=True, label=["kept", "rejected"], color=["#3b7", "#c54"])

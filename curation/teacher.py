@@ -215,7 +215,8 @@ def _call_engine(engine, chunk: list[Problem], plan: Plan) -> tuple[list[list[Co
         return engine.generate([convs[i]], replace(sampling, seed=seeds[i]))[0]
 
     # An HTTP engine runs n requests per call; a few problems at once keep max_concurrency busy.
-    workers = max(1, getattr(engine, "max_concurrency", 1) // sampling.n)
+    # Ray replicas (generation.ray_engine) take one call each, whatever n.
+    workers = getattr(engine, "parallel_calls", None) or max(1, getattr(engine, "max_concurrency", 1) // sampling.n)
     if workers == 1:
         return [one(i) for i in range(len(chunk))], seeds
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -205,7 +205,9 @@ def evaluate(name: str, layout: Layout, cfg: EvalParams, engine: Engine | None =
         raise FileNotFoundError(f"{mdir}: no checkpoint for model '{name}' (run the train stage first)")
     out = layout.eval(name)
     frames = load_benchmarks(cfg, layout)
-    fingerprint = {"checkpoint": model_digest(mdir), "engine": dict(cfg.engine),
+    # where the engine runs (its `ray` mapping) does not change the samples: moving eval onto a
+    # cluster keeps the ones already made
+    fingerprint = {"checkpoint": model_digest(mdir), "engine": {k: v for k, v in cfg.engine.items() if k != "ray"},
                    "sampling": asdict(cfg.sampling), "prompt": build_prompt("{problem}")}
     if cfg.protocol == "paper":
         fingerprint.update(paper.fingerprint())

@@ -13,10 +13,17 @@ def make_engine(spec: dict) -> Engine:
     """Build an engine from a params mapping: ``{"kind": "transformers", "model": "models/student",
     "batch_size": 16}``, ``{"kind": "vllm", "model": ..., "tensor_parallel_size": 2}``,
     ``{"kind": "openai", "base_url": ..., "model": ..., "api_key_env": "OPENAI_API_KEY"}`` or
-    ``{"kind": "fake", "responses": {...}}``."""
+    ``{"kind": "fake", "responses": {...}}``. Any of them with a ``ray`` mapping (``{"replicas": 4}``)
+    runs as that many replicas on a Ray cluster (:mod:`generation.ray_engine`)."""
     if not isinstance(spec, dict) or "kind" not in spec:
         raise EngineError(f"engine spec {spec!r}: needs a 'kind' (one of {', '.join(ENGINE_KINDS)})")
     check_secrets(spec)
+    if spec["kind"] not in ENGINE_KINDS:
+        raise EngineError(f"engine.kind: '{spec['kind']}' must be one of {', '.join(ENGINE_KINDS)}")
+    if "ray" in spec:
+        from generation.ray_engine import RayEngine
+
+        return RayEngine.from_spec(make_engine, spec)
     kind, kwargs = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
     try:
         if kind == "transformers":

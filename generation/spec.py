@@ -15,11 +15,13 @@ from common.digests import model_digest
 from generation.engines import EngineError
 
 # Engine-spec keys that change how fast or where samples are made, not what they are: left out
-# of the config hash so that retuning them after a crash keeps the samples already made.
+# of the config hash so that retuning them after a crash keeps the samples already made. "ray"
+# (generation.ray_engine) only spreads calls over replicas, and a teacher's sampled call is one
+# seeded problem whatever runs it: moving a run onto a cluster keeps what one machine made.
 EXECUTION_ONLY_KEYS = frozenset({
     "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
     "threads", "device", "data_parallel_size", "gpu_memory_utilization", "enable_prefix_caching",
-    "latency_s",
+    "latency_s", "ray",
 })
 # Spec keys that may hold a credential (api_key, hf_token, Authorization, ...), matched as whole
 # "_"-separated words so that max_tokens or tokenizer stay; a key ending in _env names a variable.

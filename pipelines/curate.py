@@ -6,6 +6,7 @@ output folder, contract results included, so the failure can be inspected."""
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from common.errors import GateFailed
 from common.io import atomic_dir, read_parquet, write_json
 from curation.contracts import format_failures, validate_curated
 from curation.errors import SourceError
-from curation.suite import curate_frame, plot_lengths
+from curation.sharded import curate_source
+from curation.suite import plot_lengths
 from pipelines import stage, tracking
 from pipelines.params import load_params
 
@@ -46,6 +48,39 @@ def log_run(params, source: str, result, out: Path, contract, enabled: bool) -> 
     run.raise_if_failed(out)
 
 
+def score_kept(result, params, tokenizer, source: str) -> dict:
+    """The student's NLL on the kept rows ``curate.score`` picks, written into the kept part(s);
+    returns the report's summary. Scored here because curation may not import training."""
+    import polars as pl
+    import torch
+
+    from common.digests import model_digest
+    from training.scoring import score_frame, subset_for_scoring
+    from training.student import load_student
+
+    layout, score = params.layout, params.curate.score
+    ids = result.read_kept(["trace_id"])["trace_id"].to_list()
+    chosen = {ids[i] for i in subset_for_scoring(ids, score.max_rows, score.seed, salt=source)}
+    picked = pl.concat([read_parquet(p).filter(pl.col("trace_id").is_in(chosen)) for p in result.kept])
+    work = layout.curate_score_work(source)
+    model, _ = load_student(str(layout.student), params.student.dtype)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    fingerprint = f"{model_digest(layout.student, cache_file=work.parent / 'digests.json')}:{params.student.dtype}"
+    scored, summary = score_frame(picked, model, tokenizer, max_rows=None, seed=score.seed, salt=source,
+                                  batch_size=score.batch_size, max_len=params.curate.cutoff_len,
+                                  checkpoint=work, fingerprint=fingerprint)
+    summary.update(n_rows=len(ids), max_rows=score.max_rows)
+    nll = dict(zip(scored["trace_id"].to_list(), scored["student_nll"].to_list()))
+    tokens = dict(zip(scored["trace_id"].to_list(), scored["student_nll_tokens"].to_list()))
+    for path in result.kept:           # each part in place: the output folder is still the temp one
+        part = read_parquet(path)
+        part.with_columns(
+            pl.col("trace_id").replace_strict(nll, default=None, return_dtype=pl.Float64).alias("student_nll"),
+            pl.col("trace_id").replace_strict(tokens, default=None, return_dtype=pl.Int64).alias("student_nll_tokens"),
+        ).write_parquet(path)
+    return summary
+
+
 def main(argv=None) -> int:
     args = stage.parser(__doc__, fan="source").parse_args(argv)
 
@@ -63,33 +98,18 @@ def main(argv=None) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(layout.student)
-        result = curate_frame(read_parquet(traces_path), cur, tokenizer, layout.problems / names.BENCHMARKS,
-                              judge_cache=layout.curate_judge_cache, label=f"curate@{args.source}")
-        if cur.score.enabled:   # student NLL per kept trace; scored here because curation may not import training
-            import time
-
-            import torch
-
-            from common.digests import model_digest
-            from training.scoring import score_frame
-            from training.student import load_student
-
-            started, work = time.perf_counter(), layout.curate_score_work(args.source)
-            model, _ = load_student(str(layout.student), params.student.dtype)
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
-            digest = model_digest(layout.student, cache_file=work.parent / "digests.json")
-            fingerprint = f"{digest}:{params.student.dtype}"
-            result.kept, result.report["student_nll"] = score_frame(
-                result.kept, model, tokenizer, max_rows=cur.score.max_rows, seed=cur.score.seed, salt=args.source,
-                batch_size=cur.score.batch_size, max_len=cur.cutoff_len, checkpoint=work, fingerprint=fingerprint)
-            result.timings["student_nll"] = time.perf_counter() - started
-        audit = result.report.get("judge", {}).pop("audit", None)
-        result.report.update(source=args.source, timings_s={k: round(v, 3) for k, v in result.timings.items()})
         final = layout.curated(args.source)
         with atomic_dir(final) as out:
-            result.kept.write_parquet(out / names.KEPT)
-            result.rejected.write_parquet(out / names.REJECTED)
-            plot_lengths(result, cur, out / names.LENGTHS_PLOT, f"curate@{args.source}")
+            result = curate_source(traces_path, cur, tokenizer, layout.problems / names.BENCHMARKS, out,
+                                   judge_cache=layout.curate_judge_cache, label=f"curate@{args.source}")
+            if cur.score.enabled:
+                started = time.perf_counter()
+                result.report["student_nll"] = score_kept(result, params, tokenizer, args.source)
+                result.timings["student_nll"] = time.perf_counter() - started
+            audit = result.report.get("judge", {}).pop("audit", None)
+            result.report.update(source=args.source, timings_s={k: round(v, 3) for k, v in result.timings.items()})
+            plot_lengths(result.kept_lengths, result.rejected_lengths, cur, out / names.LENGTHS_PLOT,
+                         f"curate@{args.source}")
             contract = validate_curated(result.kept, result.report, cur, args.source, out)
             result.report["contract"] = {"success": contract.success, "failures": contract.failures,
                                          "statistics": contract.statistics}

@@ -1,0 +1,101 @@
+"""One shard's checks, and the source read a shard at a time: what each executor of
+``curation.sharded`` runs, in the stage's process or in a Ray actor."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from common.io import ParquetError
+from common.progress import StepProgress
+from common.prompt import build_prompt
+from curation.dedup import sketch_rows
+from curation.errors import SourceError
+from curation.runner import add_token_counts, check_rows
+from curation.schema import TRACE_COLUMNS
+from curation.suite import build_components
+from grading.judge import JudgeGrader, VerdictCache, judge_from_spec
+
+
+def _unreadable(path: Path, exc: Exception) -> ParquetError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ParquetError(f"{path}: not a readable Parquet file ({first}); "
+                        "rebuild it by re-running the stage that writes it")
+
+
+def check_source(path: Path) -> int:
+    """The source's row count, once its file is known readable and to hold every trace column."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:      # pyarrow's ArrowInvalid is a ValueError
+        raise _unreadable(path, exc) from exc
+    missing = [c for c in TRACE_COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise SourceError(f"{path}: no column(s) {missing}; a trace set needs {TRACE_COLUMNS} "
+                          "(the traces stage writes them)")
+    return parquet.metadata.num_rows
+
+
+def iter_shards(path: Path, shard_rows: int) -> Iterator[pl.DataFrame]:
+    """The source ``shard_rows`` rows at a time, in order (the last shard may be shorter)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        if parquet.metadata.num_rows == 0:     # one empty shard: the outputs still get their columns
+            yield pl.from_arrow(parquet.schema_arrow.empty_table())
+            return
+        for batch in parquet.iter_batches(batch_size=shard_rows):
+            yield pl.from_arrow(batch)
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+class ShardChecker:
+    """Everything but dedup for one shard, with what is costly to build (tokenizer, grading pool,
+    benchmark n-gram index, judge) built once. Runs in the stage's process or in a Ray actor."""
+
+    def __init__(self, cur, tokenizer, benchmarks_dir: Path, judge_cache: Path | None = None,
+                 grading_workers: int | None = None):
+        import dataclasses
+
+        if grading_workers is not None:
+            cur = dataclasses.replace(cur, correctness=dataclasses.replace(cur.correctness, workers=grading_workers))
+        self.cur, self.tokenizer = cur, tokenizer
+        self.row_checks, self.grader, self.decontaminator, _, self.flaggers = build_components(cur, benchmarks_dir)
+        self.judge, self._cache = None, None
+        if self.grader is not None and cur.correctness.judge is not None:
+            engine, judge_id, max_tokens = judge_from_spec(cur.correctness.judge)
+            self._cache = VerdictCache(judge_cache)
+            self.judge = JudgeGrader(self.grader, engine, judge_id, self._cache,
+                                     max_answer_chars=cur.correctness.max_answer_chars, judge_max_tokens=max_tokens)
+
+    def __call__(self, frame: pl.DataFrame, progress: StepProgress | None = None):
+        """``(checked rows + reasons + sketch columns, extra report, flag columns, timings)``."""
+        timings = progress.timings() if progress is not None else {}
+        if progress is not None:
+            progress.add_steps(1 + len(self.row_checks) + sum(x is not None for x in (self.grader, self.decontaminator)))
+        t = time.perf_counter()
+        counted = add_token_counts(frame, self.tokenizer, build_prompt, cutoff_len=self.cur.cutoff_len)
+        timings["token_counts"] = time.perf_counter() - t
+        checked, extra, flags = check_rows(counted, row_checks=self.row_checks, grader=self.grader,
+                                           decontaminator=self.decontaminator, flaggers=self.flaggers,
+                                           judge=self.judge, timings=timings)
+        t = time.perf_counter()
+        d = self.cur.dedup
+        checked = pl.concat([checked, sketch_rows(frame["response"], num_perm=d.num_perm, shingle=d.shingle)],
+                            how="horizontal")
+        timings["dedup_sketch"] = time.perf_counter() - t
+        return checked, extra, flags, dict(timings)
+
+    def close(self) -> None:
+        if self.grader is not None:
+            self.grader.close()
+        if self._cache is not None:
+            self._cache.close()
