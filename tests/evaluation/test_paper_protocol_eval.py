@@ -258,7 +258,7 @@ def test_release_frees_a_vllm_engine_without_importing_vllm(monkeypatch):
     engine = VLLMEngine(model="models/student")              # vllm itself loads only on first generate
     engine._llm = object()
     eval_run.release_engine(engine)
-    assert engine._llm is None and engine._pool is None
+    assert engine._llm is None and engine._replicas is None
     cleaned = []
     state = types.ModuleType("vllm.distributed.parallel_state")
     state.cleanup_dist_env_and_memory = lambda: cleaned.append(True)
