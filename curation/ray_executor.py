@@ -10,7 +10,8 @@ Ray restarts an actor that dies and runs its shard again; a shard's output is a 
 its rows, and the driver only takes complete outputs, so no row is lost or seen twice. (Ray Data's
 ``map_batches`` was the first design: on a 2-CPU cluster its file-listing and read tasks waited
 forever for CPU slots the checker actors held.) ``RAY_ADDRESS`` (or ``ray start --head`` then ``RAY_ADDRESS=auto``) points the run at a
-cluster: the traces file and the benchmark folder must then be on storage every node sees.
+cluster; the project's packages travel with the job (Ray ``py_modules``), and the traces file and
+the benchmark folder must be on storage every node sees.
 """
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def ensure_ray():
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if not address and os.environ.get(NUM_CPUS_ENV):
             kwargs["num_cpus"] = int(os.environ[NUM_CPUS_ENV])
+        if address:      # the nodes run this checkout's code, not whatever they may have installed
+            import common
+            import curation
+            import generation
+            import grading
+
+            kwargs["runtime_env"] = {"py_modules": [os.path.dirname(m.__file__)
+                                                    for m in (common, curation, generation, grading)]}
         try:
             ray.init(address=address or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
