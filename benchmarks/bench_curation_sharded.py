@@ -81,6 +81,7 @@ def main() -> int:
     ap.add_argument("--shard-rows", type=int, default=50_000)
     ap.add_argument("--student", default="models/student")
     ap.add_argument("--compare", action="store_true", help="also the in-memory baseline and Ray (2 workers)")
+    ap.add_argument("--no-ray", action="store_true", help="with --compare: the in-memory baseline only")
     ap.add_argument("--no-grading", action="store_true",
                     help="curate.correctness off: grading memory is per shard, and at 1M traces grading "
                          "alone takes hours on 2 cores")
@@ -142,7 +143,7 @@ def main() -> int:
         "kept": result.report["kept"], "rejected_by_reason": result.report["rejected_by_reason"],
     }
     if args.compare:
-        record["compare"] = compare(source, cur, tokenizer, bench_dir, work, result, n)
+        record["compare"] = compare(source, cur, tokenizer, bench_dir, work, result, n, ray=not args.no_ray)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
@@ -163,7 +164,7 @@ def differ(other: dict, sharded: dict) -> dict:
     return {r: [a.get(r, 0), b.get(r, 0)] for r in sorted(set(a) | set(b)) if a.get(r, 0) != b.get(r, 0)}
 
 
-def compare(source: Path, cur, tokenizer, bench_dir: Path, work: Path, result, n: int) -> dict:
+def compare(source: Path, cur, tokenizer, bench_dir: Path, work: Path, result, n: int, ray: bool = True) -> dict:
     """The in-memory baseline and the Ray executor on the same file; same rows kept and rejected?"""
     from curation.runner import add_token_counts, run_curation
     from curation.sharded import curate_source
@@ -189,6 +190,8 @@ def compare(source: Path, cur, tokenizer, bench_dir: Path, work: Path, result, n
     out["in_memory_same_kept"] = sorted(memory.kept["trace_id"].to_list()) == ids(result.kept)
     out["in_memory_reason_counts_that_differ"] = differ(memory.report, result.report)
     del frame, memory
+    if not ray:
+        return out
 
     os.environ.setdefault("MIXDISTILL_RAY_NUM_CPUS", "2")
     ray_dir = work / "curated_ray"
