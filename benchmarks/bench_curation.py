@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.runner import add_token_counts, count_tokens, run_curation  # noqa: E402
 from common.digests import dumps  # noqa: E402
-from curation.schema import TRACE_COLUMNS, conform, trace_id  # noqa: E402
+from curation.schema import conform, trace_id  # noqa: E402
 from curation.sources import champ_problems, load_champ_raw, split_problems, _champ_solution  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 
@@ -43,7 +43,8 @@ def perturb(text: str, rng: random.Random) -> str:
     return ". ".join(parts)
 
 
-def build_traces(n: int, seed: int = 0) -> pl.DataFrame:
+def trace_rows(n: int, seed: int = 0):
+    """``n`` benchmark trace rows, lazily: CHAMP's responses, then perturbed replicas of them."""
     raw = load_champ_raw()
     base = []
     for pid, p in raw.items():
@@ -52,19 +53,19 @@ def build_traces(n: int, seed: int = 0) -> pl.DataFrame:
             base.append((pid, p["_text"], p["_answer"], prompt or p["_text"], response or "",
                          key.split("|")[0], finish))
     rng = random.Random(seed)
-    rows = []
-    i = 0
-    while len(rows) < n:
+    for i in range(n):
         pid, prob, ans, prompt, resp, model, finish = base[i % len(base)]
         if i >= len(base):
             resp = perturb(resp, rng)
-        rows.append({"trace_id": trace_id(prob, resp, model) + f"{i // len(base)}", "source": "bench",
-                     "problem_id": pid, "problem": prob, "reference_answer": ans, "prompt": prompt,
-                     "response": resp, "teacher": model, "style": "long", "teacher_size": "large",
-                     "finish_reason": finish, "truncated": finish == "length", "generation": "{}",
-                     "origin": dumps({"replica": i // len(base)})})
-        i += 1
-    return conform(pl.DataFrame(rows))
+        yield {"trace_id": trace_id(prob, resp, model) + f"{i // len(base)}", "source": "bench",
+               "problem_id": pid, "problem": prob, "reference_answer": ans, "prompt": prompt,
+               "response": resp, "teacher": model, "style": "long", "teacher_size": "large",
+               "finish_reason": finish, "truncated": finish == "length", "generation": "{}",
+               "origin": dumps({"replica": i // len(base)})}
+
+
+def build_traces(n: int, seed: int = 0) -> pl.DataFrame:
+    return conform(pl.DataFrame(list(trace_rows(n, seed))))
 
 
 def main() -> int:
@@ -100,10 +101,8 @@ def main() -> int:
     t_counts = time.perf_counter() - t0
     row_checks, grader, decontaminator, dedup, flaggers = build_components(cur, bench_dir)
     try:
-        t1 = time.perf_counter()
         result = run_curation(counted, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
                               dedup=dedup, flaggers=flaggers)
-        t_checks = time.perf_counter() - t1
     finally:
         if grader is not None:
             grader.close()

@@ -16,10 +16,10 @@ benchmarks/results/curation_sharded_<N>.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
-import random
 import resource
 import sys
 import tempfile
@@ -30,10 +30,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_curation import perturb  # noqa: E402
-from common.digests import dumps  # noqa: E402
-from curation.schema import conform, trace_id  # noqa: E402
-from curation.sources import _champ_solution, champ_problems, load_champ_raw, split_problems  # noqa: E402
+from benchmarks.bench_curation import trace_rows  # noqa: E402
+from curation.schema import conform  # noqa: E402
+from curation.sources import champ_problems, split_problems  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 
 
@@ -41,27 +40,12 @@ def write_traces(path: Path, n: int, chunk: int = 50_000, seed: int = 0) -> None
     """``n`` perturbed CHAMP traces into one Parquet file, ``chunk`` rows at a time."""
     import pyarrow.parquet as pq
 
-    raw = load_champ_raw()
-    base = []
-    for pid, p in raw.items():
-        for key, conv in p["conversations"].items():
-            prompt, response, finish = _champ_solution(conv["messages"])
-            base.append((pid, p["_text"], p["_answer"], prompt or p["_text"], response or "", key.split("|")[0], finish))
-    rng = random.Random(seed)
+    rows = trace_rows(n, seed)
     writer = None
     try:
         for start in range(0, n, chunk):
-            rows = []
-            for i in range(start, min(n, start + chunk)):
-                pid, prob, ans, prompt, resp, model, finish = base[i % len(base)]
-                if i >= len(base):
-                    resp = perturb(resp, rng)
-                rows.append({"trace_id": trace_id(prob, resp, model) + f"{i // len(base)}", "source": "bench",
-                             "problem_id": pid, "problem": prob, "reference_answer": ans, "prompt": prompt,
-                             "response": resp, "teacher": model, "style": "long", "teacher_size": "large",
-                             "finish_reason": finish, "truncated": finish == "length", "generation": "{}",
-                             "origin": dumps({"replica": i // len(base)})})
-            table = conform(pl.DataFrame(rows)).to_arrow()
+            batch = list(itertools.islice(rows, chunk))
+            table = conform(pl.DataFrame(batch)).to_arrow()
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)

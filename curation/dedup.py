@@ -149,7 +149,7 @@ class DiskShingles:
         self._size = int(ends[-1]) if ends.size else self._size
 
     def get(self, ids: np.ndarray) -> list[np.ndarray]:
-        ends = np.concatenate([[0], *self._ends]) if len(self._ends) != 1 else np.concatenate([[0], self._ends[0]])
+        ends = np.concatenate([[0], *self._ends])
         self._ends = [ends[1:]]                  # one array from now on
         return [np.frombuffer(os.pread(self._fd, int(ends[t + 1] - ends[t]), int(ends[t])), dtype=np.uint32)
                 for t in ids.tolist()]

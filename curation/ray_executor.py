@@ -1,17 +1,18 @@
 """``curate.executor: ray``: the shard checks of ``curation.sharded`` on Ray actors.
 
-Each Ray actor builds one :class:`~curation.sharded.ShardChecker` (tokenizer, quality checks,
+Each Ray actor builds one :class:`~curation.shard_check.ShardChecker` (tokenizer, quality checks,
 benchmark n-gram index broadcast to it with the checker, its own grading pool with the same hard
-per-pair deadline) and checks whole batches; the driver sends it shards and receives the checked rows with
-their dedup sketch columns, in source order, and goes on exactly as the local executor does (dedup over digests and signatures, the same parts written). So the kept
-and rejected rows, their reasons and the report are the same whichever executor ran.
+per-pair deadline) and checks whole shards. The driver sends it shards and receives the checked rows
+with their dedup sketch columns, in source order, then goes on exactly as the local executor does
+(dedup over digests and signatures, the same parts written). So the kept and rejected rows, their
+reasons and the report are the same whichever executor ran.
 
 Ray restarts an actor that dies and runs its shard again; a shard's output is a pure function of
 its rows, and the driver only takes complete outputs, so no row is lost or seen twice. (Ray Data's
 ``map_batches`` was the first design: on a 2-CPU cluster its file-listing and read tasks waited
-forever for CPU slots the checker actors held.) ``RAY_ADDRESS`` (or ``ray start --head`` then ``RAY_ADDRESS=auto``) points the run at a
-cluster; the project's packages travel with the job (Ray ``py_modules``), and the traces file and
-the benchmark folder must be on storage every node sees.
+forever for CPU slots the checker actors held.) ``RAY_ADDRESS`` (or ``ray start --head`` then
+``RAY_ADDRESS=auto``) points the run at a cluster; the project's packages travel with the job (Ray
+``py_modules``), and the traces file and the benchmark folder must be on storage every node sees.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class ClusterError(MixdistillError, RuntimeError):
     """Ray is missing or its cluster cannot be reached."""
 
 
+# The packages a Ray worker imports to check a shard.
+SHIPPED_PACKAGES = ("common", "curation", "generation", "grading")
+
+
 def ensure_ray():
     """Import Ray and connect: to ``RAY_ADDRESS`` when set, else a local cluster (once per process)."""
     try:
@@ -44,13 +49,8 @@ def ensure_ray():
         if not address and os.environ.get(NUM_CPUS_ENV):
             kwargs["num_cpus"] = int(os.environ[NUM_CPUS_ENV])
         if address:      # the nodes run this checkout's code, not whatever they may have installed
-            import common
-            import curation
-            import generation
-            import grading
-
-            kwargs["runtime_env"] = {"py_modules": [os.path.dirname(m.__file__)
-                                                    for m in (common, curation, generation, grading)]}
+            root = Path(__file__).resolve().parents[1]
+            kwargs["runtime_env"] = {"py_modules": [str(root / name) for name in SHIPPED_PACKAGES]}
         try:
             ray.init(address=address or None, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -15,8 +15,7 @@ from curation.dedup import sketch_rows
 from curation.errors import SourceError
 from curation.runner import add_token_counts, check_rows
 from curation.schema import TRACE_COLUMNS
-from curation.suite import build_components
-from grading.judge import JudgeGrader, VerdictCache, judge_from_spec
+from curation.suite import build_components, build_judge
 
 
 def _unreadable(path: Path, exc: Exception) -> ParquetError:
@@ -69,12 +68,7 @@ class ShardChecker:
             cur = dataclasses.replace(cur, correctness=dataclasses.replace(cur.correctness, workers=grading_workers))
         self.cur, self.tokenizer = cur, tokenizer
         self.row_checks, self.grader, self.decontaminator, _, self.flaggers = build_components(cur, benchmarks_dir)
-        self.judge, self._cache = None, None
-        if self.grader is not None and cur.correctness.judge is not None:
-            engine, judge_id, max_tokens = judge_from_spec(cur.correctness.judge)
-            self._cache = VerdictCache(judge_cache)
-            self.judge = JudgeGrader(self.grader, engine, judge_id, self._cache,
-                                     max_answer_chars=cur.correctness.max_answer_chars, judge_max_tokens=max_tokens)
+        self.judge, self._cache = build_judge(cur, self.grader, judge_cache)
 
     def __call__(self, frame: pl.DataFrame, progress: StepProgress | None = None):
         """``(checked rows + reasons + sketch columns, extra report, flag columns, timings)``."""

@@ -1,7 +1,8 @@
 """The curation suite as params configure it: components, one run over a source, its plot.
 
-The ``curate@SOURCE`` stage calls :func:`curate_frame` and :func:`plot_lengths`; the benchmark
-script does too, so both measure the same suite.
+:func:`build_components` and :func:`build_judge` build the suite once; the ``curate@SOURCE`` stage
+runs it shard by shard (:mod:`curation.sharded`) and draws :func:`plot_lengths`. :func:`curate_frame`
+runs it over one in-memory frame, the baseline the benchmarks and tests compare the sharded run with.
 """
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def build_components(cur, benchmarks_dir: Path):
     return row_checks, grader, decontaminator, dedup, flaggers
 
 
+def build_judge(cur, grader: Grader | None, judge_cache: Path | None):
+    """``(judge, verdict cache)`` for ``curate.correctness.judge``; ``(None, None)`` when no judge is
+    configured or grading is off. The caller closes the cache."""
+    if grader is None or cur.correctness.judge is None:
+        return None, None
+    engine, judge_id, max_tokens = judge_from_spec(cur.correctness.judge)
+    cache = VerdictCache(judge_cache)
+    judge = JudgeGrader(grader, engine, judge_id, cache, max_answer_chars=cur.correctness.max_answer_chars,
+                        judge_max_tokens=max_tokens)
+    return judge, cache
+
+
 def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
                  judge_cache: Path | None = None, label: str = "curate") -> CurationResult:
     """Token counts, then every configured check; the Grader's workers are closed afterwards.
@@ -58,11 +71,7 @@ def curate_frame(traces: pl.DataFrame, cur, tokenizer, benchmarks_dir: Path,
     row_checks, grader, decontaminator, dedup, flaggers = build_components(cur, benchmarks_dir)
     judge, cache = None, None
     try:
-        if grader is not None and cur.correctness.judge is not None:
-            engine, judge_id, max_tokens = judge_from_spec(cur.correctness.judge)
-            cache = VerdictCache(judge_cache)
-            judge = JudgeGrader(grader, engine, judge_id, cache, max_answer_chars=cur.correctness.max_answer_chars,
-                                judge_max_tokens=max_tokens)
+        judge, cache = build_judge(cur, grader, judge_cache)
         return run_curation(frame, row_checks=row_checks, grader=grader, decontaminator=decontaminator,
                             dedup=dedup, flaggers=flaggers, judge=judge, progress=progress)
     finally:
