@@ -69,11 +69,12 @@ class Progress:
     :meth:`update` (``tokens=``) is shown as its own rate and :meth:`note` adds free text. Without
     one, nothing is printed but ``milestones`` lines on the way (at even fractions of the total)
     and one summary line at the end. ``initial`` counts work done by an earlier run (resume): it is
-    shown but kept out of the rates. ``delay`` hides the bar of a loop that ends sooner."""
+    shown but kept out of the rates. ``delay`` hides the bar of a loop that ends sooner; ``leave=False``
+    removes the bar when it closes (a loop inside another's step)."""
 
     def __init__(self, total: int, desc: str, unit: str = "item", *, initial: int = 0, milestones: int = 0,
                  summary: bool = True, delay: float = 0.0, mininterval: float = 0.5, enabled: bool | None = None,
-                 stream: IO | None = None, bar_format: str | None = None):
+                 stream: IO | None = None, bar_format: str | None = None, leave: bool = True):
         self.stream = sys.stderr if stream is None else stream
         self.enabled = progress_enabled(self.stream) if enabled is None else enabled
         self.total, self.desc, self.unit = total, desc, unit
@@ -89,7 +90,8 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
-                             mininterval=mininterval, dynamic_ncols=True, delay=delay, bar_format=bar_format)
+                             mininterval=mininterval, dynamic_ncols=True, delay=delay, bar_format=bar_format,
+                             leave=leave)
 
     def __enter__(self) -> Progress:
         return self

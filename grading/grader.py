@@ -29,6 +29,7 @@ from functools import partial
 from typing import Callable
 
 from common.errors import MixdistillError
+from common.progress import Progress
 from grading.answers import reference_variants
 from grading.extract import find_answer
 from grading.rules import HouseRules, apply_decimal_comma
@@ -153,7 +154,9 @@ class _WorkerPool:
         slot.kill()
         self.slots[self.slots.index(slot)] = self._spawn()
 
-    def run(self, jobs: list[tuple[int, str | None, tuple[str, ...], str | None]]) -> dict[int, tuple[bool, str]]:
+    def run(self, jobs: list[tuple[int, str | None, tuple[str, ...], str | None]],
+            progress: Progress | None = None) -> dict[int, tuple[bool, str]]:
+        """Each job's ``(correct, method, ...)`` by its id; ``progress`` is advanced per result."""
         results: dict[int, tuple[bool, str]] = {}
         pending = deque(jobs)
         while len(self.slots) < min(self.workers, len(jobs)):
@@ -206,6 +209,8 @@ class _WorkerPool:
                     self._replace(slot)
                 elif not slot.ready and now - slot.started > self.STARTUP_LIMIT_S:
                     raise RuntimeError(f"grading worker not ready after {self.STARTUP_LIMIT_S:.0f} s")
+            if progress is not None and len(results) > progress.done:
+                progress.update(len(results) - progress.done)
         return results
 
     @staticmethod
@@ -244,6 +249,10 @@ class Grader:
     # how long sympy takes depends on the machine's load, and without a second try the kept set
     # would too (3 timeouts on a loaded machine where a quiet one had 2).
     RETRY_FACTOR = 2.0
+    # A math-verify batch this large gets three progress lines (25/50/75 %) in captured logs too;
+    # smaller ones (a minute or less on two cores) only a bar on a terminal, gone when it ends.
+    QUIET_LINES_FROM_PAIRS = 5000
+    BAR_DELAY_S = 2.0           # a batch done sooner draws no bar
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
                  rules: HouseRules | None = None, retry_timeouts: bool = True):
@@ -348,27 +357,36 @@ class Grader:
         return out
 
     def _run_checker(self, items: list[tuple], timeout_s: float) -> dict:
-        if self.workers == 0:
-            # math-verify's own alarm needs the main thread; elsewhere it must run without one
-            in_main = threading.current_thread() is threading.main_thread()
-            limit = max(1, math.ceil(timeout_s)) if in_main else None
-            out = {}
-            for key, answer, variants in items:
-                try:
-                    out[key] = self.checker(answer, variants, limit, key[2])
-                except Exception:  # noqa: BLE001
-                    out[key] = (False, "error")
-            return out
         retry = timeout_s != self.timeout_s
-        pool = self._retry_pool if retry else self._pool
-        if pool is None:   # the workers hold their deadline from start-up: the retry has its own
-            pool = _WorkerPool(self.workers, self.checker, timeout_s)
-            if retry:
-                self._retry_pool = pool
-            else:
-                self._pool = pool
-        results = pool.run([(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)])
+        desc = "grading: math-verify" + (" (retry after timeout)" if retry else "")
+        quiet_lines = 3 if len(items) >= self.QUIET_LINES_FROM_PAIRS else 0
+        with Progress(len(items), desc, "pair", milestones=quiet_lines, summary=False, delay=self.BAR_DELAY_S,
+                      leave=False) as progress:
+            if self.workers == 0:
+                return self._run_inline(items, timeout_s, progress)
+            pool = self._retry_pool if retry else self._pool
+            if pool is None:   # the workers hold their deadline from start-up: the retry has its own
+                pool = _WorkerPool(self.workers, self.checker, timeout_s)
+                if retry:
+                    self._retry_pool = pool
+                else:
+                    self._pool = pool
+            jobs = [(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)]
+            results = pool.run(jobs, progress)
         return {key: results[i] for i, (key, _, _) in enumerate(items)}
+
+    def _run_inline(self, items: list[tuple], timeout_s: float, progress: Progress) -> dict:
+        # math-verify's own alarm needs the main thread; elsewhere it must run without one
+        in_main = threading.current_thread() is threading.main_thread()
+        limit = max(1, math.ceil(timeout_s)) if in_main else None
+        out = {}
+        for key, answer, variants in items:
+            try:
+                out[key] = self.checker(answer, variants, limit, key[2])
+            except Exception:  # noqa: BLE001
+                out[key] = (False, "error")
+            progress.update(1)
+        return out
 
 
 def _ref_key(reference) -> str:
