@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from functools import partial
@@ -253,6 +253,9 @@ class Grader:
     # smaller ones (a minute or less on two cores) only a bar on a terminal, gone when it ends.
     QUIET_LINES_FROM_PAIRS = 5000
     BAR_DELAY_S = 2.0           # a batch done sooner draws no bar
+    # Distinct (answer, reference, tail) verdicts remembered across calls, least recently used
+    # dropped first: a few hundred bytes each, so ~100 MB at most however many shards a source has.
+    CACHE_LIMIT = 300_000
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
                  rules: HouseRules | None = None, retry_timeouts: bool = True):
@@ -266,7 +269,7 @@ class Grader:
         self.timeout_s, self.workers, self.retry_timeouts = float(timeout_s), workers, bool(retry_timeouts)
         self.checker = checker or partial(math_verify_check, ordered_lists=self.rules.lists == "ordered",
                                           rel_tolerance=self.rules.rel_tolerance)
-        self._cache: dict[tuple[str, str], tuple[bool, str]] = {}
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
         self._pool: _WorkerPool | None = None
         self._retry_pool: _WorkerPool | None = None
         # where the work went, for reports: pairs seen, answered from cache, settled cheaply, sent on
@@ -312,10 +315,16 @@ class Grader:
         keys = [None if a is None and t is None else (a, _ref_key(r), t)
                 for a, r, t in zip(answers, references, tails)]
         undecided: dict[tuple, tuple] = {}   # key -> (answer as graded, reference variants)
+        found: dict[tuple, tuple] = {}       # key -> verdict, for this call
         self.stats["pairs"] += len(keys)
         for key, reference in zip(keys, references):
-            if key is None or key in self._cache or key in undecided:
+            if key is None or key in found or key in undecided:
                 self.stats["cached"] += key is not None
+                continue
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                found[key] = self._cache[key]
+                self.stats["cached"] += 1
                 continue
             answer, variants = key[0], tuple(reference_variants(reference))
             if self.rules.decimal_comma:
@@ -327,24 +336,30 @@ class Grader:
                              tuple(v.replace("\\%", "").replace("%", "") for v in variants if "%" in v))
             settled = fast_verdict(answer, variants, self.rules.rel_tolerance) if answer is not None else None
             if settled is not None and (settled[0] or key[2] is None):
-                self._cache[key] = settled
+                found[key] = settled
                 self.stats["cheap"] += 1
             else:
                 undecided[key] = (answer, variants)
         self.stats["math_verify"] += len(undecided)
         if undecided:
-            self._cache.update(self._math_verify(undecided))
+            found.update(self._math_verify(undecided))
         verdicts = []
         for key in keys:
             if key is None:
                 verdicts.append(Verdict(None, False, "no_answer"))
                 continue
-            correct, method, *read = self._cache[key]
+            correct, method, *read = found[key]
             if key[0] is None and not correct:
                 method = "no_answer"          # math-verify found nothing in the tail either
             # shown equal from what math-verify itself read in the tail: that is the answer
             verdicts.append(Verdict(read[0] if read and read[0] else key[0], correct, method))
+        self._remember(found)
         return verdicts
+
+    def _remember(self, found: dict) -> None:
+        self._cache.update(found)
+        while len(self._cache) > self.CACHE_LIMIT:
+            self._cache.popitem(last=False)
 
     def _math_verify(self, undecided: dict[tuple, tuple]) -> dict:
         items = [(key, answer, variants) for key, (answer, variants) in undecided.items()]

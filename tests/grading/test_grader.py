@@ -168,6 +168,21 @@ def test_cache_grades_duplicates_once():
     assert again == [Verdict("x+1", True, "math_verify")]
 
 
+def test_cache_keeps_the_most_recently_used_verdicts_up_to_its_limit(monkeypatch):
+    monkeypatch.setattr(Grader, "CACHE_LIMIT", 3)
+    CALLS.clear()
+    pairs = [(f"x+{i}", f"{i}+x") for i in range(5)]
+    with Grader(workers=0, checker=counting_checker) as grader:
+        # one call larger than the limit still gets every verdict
+        assert all(v.correct for v in grader.grade_answers(*map(list, zip(*pairs))))
+        assert len(CALLS) == 5 and len(grader._cache) == 3
+        grader.grade_answers(["x+2"], ["2+x"])           # a hit: now the most recent
+        grader.grade_answers(["x+0"], ["0+x"])           # evicted: graded again, evicting x+3
+        grader.grade_answers(["x+2", "x+4"], ["2+x", "4+x"])
+    assert [a for a, _ in CALLS[5:]] == ["x+0"]
+    assert grader.stats["cached"] == 3
+
+
 def broken_checker(answer, variants, timeout, tail=None):
     raise RuntimeError("simulated grader bug")
 
