@@ -254,7 +254,8 @@ class Grader:
     QUIET_LINES_FROM_PAIRS = 5000
     BAR_DELAY_S = 2.0           # a batch done sooner draws no bar
     # Distinct (answer, reference, tail) verdicts remembered across calls, least recently used
-    # dropped first: a few hundred bytes each, so ~100 MB at most however many shards a source has.
+    # dropped first: ~300 bytes each (~1 KB with a response tail), so ~100-300 MB at most
+    # however many shards a source has.
     CACHE_LIMIT = 300_000
 
     def __init__(self, timeout_s: float = 5.0, workers: int = 2, *, checker: Callable | None = None,
