@@ -122,13 +122,19 @@ def judge_from_spec(spec: dict | None) -> tuple[Engine | None, str, int]:
 
 
 class VerdictCache:
-    """SQLite cache of raw judge outputs keyed by content hash (safe across threads and reruns)."""
+    """SQLite cache of raw judge outputs keyed by content hash: safe across threads, reruns and
+    processes sharing the file (Ray curation actors). A writer waits up to ``BUSY_TIMEOUT_S`` for
+    another's lock rather than failing; the default rollback journal (not WAL) also works where
+    the file sits on storage several nodes share, if that storage honours file locks."""
+
+    BUSY_TIMEOUT_S = 60.0
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", check_same_thread=False)
+        self._db = sqlite3.connect(str(self.path) if self.path else ":memory:", check_same_thread=False,
+                                   timeout=self.BUSY_TIMEOUT_S)
         self._lock = threading.Lock()
         with self._lock, self._db:
             self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, raw TEXT NOT NULL)")

@@ -227,3 +227,26 @@ def test_real_rule_grader_then_judge():
             ["2+2?", "Half?", "Solve."], [r"\boxed{4}", r"\boxed{0.5}", r"\boxed{x = 4}"], ["4", "1/2", "x=5"])
     assert [(v.rule_correct, v.correct) for v in rep.verdicts] == [(True, True), (True, True), (False, True)]
     assert len(judge.calls) == 1 and [a["kind"] for a in rep.audit] == ["disagreement"]
+
+
+def _hammer_cache(path: str, worker: int, rounds: int) -> int:
+    """One process writing and reading a shared cache file, as a Ray curation actor does."""
+    cache = VerdictCache(path)
+    seen = 0
+    for r in range(rounds):
+        cache.put_many([(f"w{worker}-r{r}-{i}", f"raw {worker} {r} {i}") for i in range(20)])
+        seen += cache.get(f"w{1 - worker}-r{r}-0") is not None
+    cache.close()
+    return seen
+
+
+def test_processes_sharing_one_cache_file_lose_no_verdict(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "judge.sqlite")
+    VerdictCache(path).close()                          # the table exists before both start
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.starmap(_hammer_cache, [(path, 0, 200), (path, 1, 200)])
+    cache = VerdictCache(path)
+    assert len(cache) == 2 * 200 * 20
+    assert cache.get("w1-r199-19") == "raw 1 199 19" and cache.get("w0-r0-0") == "raw 0 0 0"
