@@ -1,19 +1,23 @@
-"""Paper mode offline: files in the published schemas through every stage, on CPU.
+"""Paper mode offline: files in the published schemas through every stage, on CPU, by ``dvc exp run``.
 
 A MATH-train file (problem / level / type / solution, the reference in the solution's last box),
 UWNSL-format long and short trace files (problem / solution, no answer column) and the five eval
 benchmarks in their published row schemas (MATH-500, AIME24, AMC23, OlympiadBench, GSM8K test)
 run with configs/paper.params.yaml (test_fraction 0, references joined by problem text,
 one-trace-per-problem Mix-Long, the paper's per-arm recipes) with its hub ids pointed at these
-files and the tiny default student, so the whole path runs in a couple of minutes. The rows are
-written here (our own problems), in the published schemas.
+files and the tiny default student. The project is a fresh git + DVC repository holding this
+checkout's dvc.yaml and code, and the run is ``dvc exp run -S preset=paper``, as a user types it:
+every stage of the DAG (evaluation of the base student, held-out loss and the report included),
+in a few minutes. The rows are written here (our own problems), in the published schemas.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -92,7 +96,7 @@ def _project(root, files):
     p["eval"]["sampling"] = {"max_tokens": 8}
     # the paper's recipe, sized for a CPU: the tiny default student, one optimizer step, no GPU features
     paper = p["presets"]["paper"]
-    paper.pop("student")
+    paper["student"] = {"model": p["student"]["model"], "dtype": "float32"}     # the tiny default, not the 3B
     paper["train"].update(max_steps=1, bf16=False, deepspeed=None, gradient_checkpointing=False)
     paper["eval"].update(sampling={"max_tokens": 8}, max_problems=1, batch_size=4)    # the paper's protocol, short
     paper["train"]["arms"] = {"mix_long": {**paper["train"]["arms"]["mix_long"], "batch_size": 1, "grad_accum": 1}}
@@ -100,39 +104,65 @@ def _project(root, files):
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def _stage(root, *args):
-    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
-    out = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0, f"{args}: {out.stderr[-3000:]}"
+# What dvc.yaml's stages run and depend on: the project's packages, copied as they are here.
+CODE = ("common", "curation", "generation", "grading", "evaluation", "training", "pipelines", "configs")
+
+
+def _dvc_project(root: Path) -> dict:
+    """``root`` as a git + DVC repository with this checkout's dvc.yaml and code; the env to run in."""
+    for name in CODE:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", DVC_NO_ANALYTICS="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+               GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)                  # the stages import the project's own copy
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "paper mode, offline"]):
+        _run(root, env, cmd, timeout=120)
+    return env
+
+
+def _run(root, env, cmd, timeout=1800):
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd}: {out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
-def test_paper_mode_runs_offline_end_to_end(tmp_path):
+def test_paper_mode_runs_offline_end_to_end_through_dvc_exp_run(tmp_path):
     files = _fixtures(tmp_path)
-    _project(tmp_path, files)
-    _stage(tmp_path, "pipelines.problems")
-    assert pl.read_parquet(tmp_path / "data/problems/test.parquet").height == 0      # test_fraction 0
-    _stage(tmp_path, "pipelines.student")
-    for source in ("uwnsl_long", "uwnsl_short"):
-        _stage(tmp_path, "pipelines.traces", "--source", source)
-        _stage(tmp_path, "pipelines.curate", "--source", source, "--no-mlflow")
-    long_report = json.loads((tmp_path / "data/curated/uwnsl_long/report.json").read_text())
+    root = tmp_path / "project"
+    root.mkdir()
+    _project(root, files)
+    env = _dvc_project(root)
+    run = _run(root, env, ["dvc", "exp", "run", "-n", "paper-offline", "-S", "preset=paper"])
+    assert "Ran experiment(s): paper-offline" in run.stdout + run.stderr
+    shown = json.loads(_run(root, env, ["dvc", "exp", "show", "--json"], timeout=300).stdout)
+    exps = [e for rev in shown for x in (rev.get("experiments") or []) for e in x.get("revs", [])
+            if e.get("name") == "paper-offline"]
+    assert exps and (exps[0]["data"]["metrics"] or {}).get("reports/metrics.json"), "the experiment has its report"
+    assert _run(root, env, ["dvc", "status", "--json"], timeout=300).stdout.strip() in ("{}", "")
+
+    assert pl.read_parquet(root / "data/problems/test.parquet").height == 0      # test_fraction 0
+    long_report = json.loads((root / "data/curated/uwnsl_long/report.json").read_text())
     assert long_report["no_reference"]["traces"] == 1                               # listed, not hidden
-    short_rejected = pl.read_parquet(tmp_path / "data/curated/uwnsl_short/rejected.parquet")
+    short_rejected = pl.read_parquet(root / "data/curated/uwnsl_short/rejected.parquet")
     assert short_rejected["reasons"].to_list() == [["answer_mismatch"]]
-    for mix in ("long", "short", "mix_long"):
-        _stage(tmp_path, "pipelines.mix", "--mix", mix)
-    rows = pl.read_parquet(tmp_path / "data/mixes/mix_long/rows.parquet")
+    rows = pl.read_parquet(root / "data/mixes/mix_long/rows.parquet")
     assert rows.height == N - 1 and rows["problem_id"].n_unique() == N - 1            # one trace per problem
     assert rows.filter(pl.col("component") == "uwnsl_long").height == round(0.2 * (N - 1))
-    recipe = json.loads(_stage(tmp_path, "pipelines.cli", "recipe", "--json").stdout)
+    recipe = json.loads(_run(root, env, [sys.executable, "-m", "pipelines.cli", "recipe", "--json"],
+                             timeout=300).stdout)
     assert recipe["arms"]["mix_long"]["recipe"]["packing"] == "neat"
-    _stage(tmp_path, "pipelines.train", "--mix", "mix_long", "--no-mlflow")
-    metrics = json.loads((tmp_path / "models/checkpoints/mix_long.train_metrics.json").read_text())
+    metrics = json.loads((root / "models/checkpoints/mix_long.train_metrics.json").read_text())
     assert (metrics["n_truncated_over_cutoff"], metrics["n_dropped_over_cutoff"]) == (0, 0)   # all under 4096
-    _stage(tmp_path, "pipelines.eval", "--model", "mix_long", "--no-mlflow")
-    scores = json.loads((tmp_path / "data/eval/mix_long/scores.json").read_text())
-    assert {"math500", "aime24", "amc23", "olympiadbench", "gsm8k"} <= set(scores)
-    for bench in ("math500", "gsm8k"):        # the paper's protocol, with mixdistill's grader beside it
-        assert scores[bench]["protocol"] == "paper" and "mixdistill_accuracy" in scores[bench]
+    for model in ("mix_long", "base"):
+        scores = json.loads((root / f"data/eval/{model}/scores.json").read_text())
+        assert {"math500", "aime24", "amc23", "olympiadbench", "gsm8k"} <= set(scores)
+        for bench in ("math500", "gsm8k"):    # the paper's protocol, with mixdistill's grader beside it
+            assert scores[bench]["protocol"] == "paper" and "mixdistill_accuracy" in scores[bench]
+    report = json.loads((root / "reports/metrics.json").read_text())
+    assert "mix_long" in json.dumps(report) and (root / "reports/summary.md").is_file()
