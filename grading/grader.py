@@ -6,32 +6,27 @@ other pair goes to math-verify (``parse`` + ``verify``, reference as gold), in w
 math-verify's ``signal.alarm`` timeouts do not work in threads and some inputs hang past them in
 C code (Math-Verify issue #65), so each pair has a soft deadline in the worker and a hard one
 enforced by the parent, which kills and replaces an overrunning worker; that pair is graded
-``timeout`` and the batch carries on. Verdicts are cached per Grader by (answer, reference).
+``timeout`` and the batch carries on (:mod:`grading.pool`). Verdicts are cached per Grader by
+(answer, reference), the least recently used dropped past ``Grader.CACHE_LIMIT``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
-import time
-import weakref
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from functools import partial
 from typing import Callable
 
 from common.errors import MixdistillError
 from common.progress import Progress
 from grading.answers import reference_variants
+from grading.equivalence import fast_verdict, math_verify_check, to_latex  # noqa: F401 (re-exported)
 from grading.extract import find_answer
+from grading.pool import WorkerPool
 from grading.rules import HouseRules, apply_decimal_comma
 
 __all__ = ["Verdict", "Grader", "GradingInputError", "fast_verdict", "math_verify_check", "to_latex"]
@@ -54,182 +49,6 @@ class Verdict:
 
 class GradingInputError(MixdistillError, ValueError):
     """Bad grading input; the message names the file, line and field."""
-
-
-from grading.equivalence import fast_verdict, math_verify_check, to_latex  # noqa: F401 (re-exported)
-
-
-class _ItemDeadline(BaseException):
-    """Raised by the worker's alarm; BaseException so math-verify's `except Exception` lets it by."""
-
-
-def _worker_main(read_fd: int, write_fd: int) -> None:
-    """Entry point of a grading worker process (see `_WorkerPool._spawn`)."""
-    conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    checker, timeout_s = conn_in.recv()
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-    logging.getLogger("latex2sympy2_extended").setLevel(logging.CRITICAL)
-    math_verify_check("1", ("1",), None)  # import and warm up before reporting ready
-
-    def on_alarm(signum, frame):
-        raise _ItemDeadline()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    conn_out.send(("ready",))
-    while True:
-        try:
-            chunk = conn_in.recv()
-        except EOFError:  # the parent went away
-            return
-        if chunk is None:
-            return
-        for job_id, answer, variants, tail in chunk:
-            try:
-                try:
-                    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-                    result = checker(answer, variants, None, tail)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-            except _ItemDeadline:
-                result = (False, "timeout")
-            except Exception:  # noqa: BLE001 - one bad pair must not stop the batch
-                result = (False, "error")
-            conn_out.send((job_id, bool(result[0]), str(result[1]), result[2] if len(result) > 2 else None))
-
-
-# Workers are plain `python -c` processes talking pickles over two pipes. multiprocessing's spawn
-# would re-import the caller's __main__ (breaking unguarded scripts and notebooks), and fork is
-# unsafe once torch or polars have started threads.
-_WORKER_CODE = ("import sys; from grading.grader import _worker_main; "
-                "_worker_main(int(sys.argv[1]), int(sys.argv[2]))")
-
-
-class _Slot:
-    def __init__(self, proc: subprocess.Popen, send: Connection, recv: Connection):
-        self.proc, self.send, self.recv = proc, send, recv
-        self.ready = False
-        self.started = time.monotonic()
-        self.chunk: list = []
-        self.pos = 0
-        self.item_started = 0.0
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        self.send.close()
-        self.recv.close()
-
-
-class _WorkerPool:
-    """Worker processes running `checker` with a hard per-item deadline enforced from here."""
-
-    # Starting Python and importing sympy/math-verify takes a few seconds; longer means trouble.
-    STARTUP_LIMIT_S = 120.0
-
-    def __init__(self, workers: int, checker: Callable, timeout_s: float):
-        self.workers, self.checker, self.timeout_s = workers, checker, timeout_s
-        # The soft deadline in the worker fires at timeout_s; the hard one only catches workers
-        # stuck where a signal cannot reach (C code), so give the soft one room to act first.
-        self.hard_limit_s = timeout_s * 1.5 + 1.0
-        self.slots: list[_Slot] = []
-        self._finalizer = weakref.finalize(self, _WorkerPool._shutdown, self.slots)
-
-    def _spawn(self) -> _Slot:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        # the child must import what we imported (evaluation, and the checker's module)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, str(to_child_r), str(from_child_w)],
-                                    pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        slot = _Slot(proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
-        slot.send.send((self.checker, self.timeout_s))
-        return slot
-
-    def _replace(self, slot: _Slot) -> None:
-        slot.kill()
-        self.slots[self.slots.index(slot)] = self._spawn()
-
-    def run(self, jobs: list[tuple[int, str | None, tuple[str, ...], str | None]],
-            progress: Progress | None = None) -> dict[int, tuple[bool, str]]:
-        """Each job's ``(correct, method, ...)`` by its id; ``progress`` is advanced per result."""
-        results: dict[int, tuple[bool, str]] = {}
-        pending = deque(jobs)
-        while len(self.slots) < min(self.workers, len(jobs)):
-            self.slots.append(self._spawn())
-        startup_failures = 0
-        while len(results) < len(jobs):
-            now = time.monotonic()
-            for slot in self.slots:
-                if slot.ready and not slot.chunk and pending:
-                    # chunks amortise IPC; small enough to keep both workers busy to the end
-                    size = max(1, min(32, math.ceil(len(pending) / (4 * len(self.slots)))))
-                    slot.chunk = [pending.popleft() for _ in range(min(size, len(pending)))]
-                    slot.pos, slot.item_started = 0, now
-                    try:
-                        slot.send.send(slot.chunk)
-                    except OSError:  # died while idle; the failed recv below requeues the chunk
-                        pass
-            ready = wait([s.recv for s in self.slots], timeout=0.05)
-            for slot in list(self.slots):
-                if slot.recv not in ready:
-                    continue
-                try:
-                    msg = slot.recv.recv()
-                except (EOFError, OSError):  # the worker died (segfault, OOM kill)
-                    if not slot.ready:
-                        startup_failures += 1
-                        if startup_failures >= 3:
-                            raise RuntimeError("grading workers keep dying during start-up "
-                                               "(is math-verify importable?)") from None
-                    elif slot.chunk:  # the item it was on gets "error", the rest go back
-                        job = slot.chunk[slot.pos]
-                        results[job[0]] = (False, "error")
-                        pending.extendleft(reversed(slot.chunk[slot.pos + 1:]))
-                    self._replace(slot)
-                    continue
-                if msg == ("ready",):
-                    slot.ready = True
-                    continue
-                results[msg[0]] = msg[1:]
-                slot.pos += 1
-                slot.item_started = time.monotonic()
-                if slot.pos >= len(slot.chunk):
-                    slot.chunk = []
-            now = time.monotonic()
-            for slot in list(self.slots):
-                if slot.chunk and now - slot.item_started > self.hard_limit_s:
-                    job = slot.chunk[slot.pos]  # hung past every soft limit: kill it, move on
-                    results[job[0]] = (False, "timeout")
-                    pending.extendleft(reversed(slot.chunk[slot.pos + 1:]))
-                    self._replace(slot)
-                elif not slot.ready and now - slot.started > self.STARTUP_LIMIT_S:
-                    raise RuntimeError(f"grading worker not ready after {self.STARTUP_LIMIT_S:.0f} s")
-            if progress is not None and len(results) > progress.done:
-                progress.update(len(results) - progress.done)
-        return results
-
-    @staticmethod
-    def _shutdown(slots: list[_Slot]) -> None:
-        for slot in slots:
-            try:
-                slot.send.send(None)
-            except (OSError, ValueError):
-                pass
-        for slot in slots:
-            try:
-                slot.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                pass
-            slot.kill()
-        slots.clear()
-
-    def close(self) -> None:
-        self._finalizer()
 
 
 # ----------------------------------------------------------------------------- Grader
@@ -271,8 +90,8 @@ class Grader:
         self.checker = checker or partial(math_verify_check, ordered_lists=self.rules.lists == "ordered",
                                           rel_tolerance=self.rules.rel_tolerance)
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
-        self._pool: _WorkerPool | None = None
-        self._retry_pool: _WorkerPool | None = None
+        self._pool: WorkerPool | None = None
+        self._retry_pool: WorkerPool | None = None
         # where the work went, for reports: pairs seen, answered from cache, settled cheaply, sent on
         # to math-verify; distinct pairs tried again after a timeout, and those still timed out
         self.stats = Counter(pairs=0, cached=0, cheap=0, math_verify=0, retried=0, timeout_after_retry=0)
@@ -382,7 +201,7 @@ class Grader:
                 return self._run_inline(items, timeout_s, progress)
             pool = self._retry_pool if retry else self._pool
             if pool is None:   # the workers hold their deadline from start-up: the retry has its own
-                pool = _WorkerPool(self.workers, self.checker, timeout_s)
+                pool = WorkerPool(self.workers, self.checker, timeout_s)
                 if retry:
                     self._retry_pool = pool
                 else:
