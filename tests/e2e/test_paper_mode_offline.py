@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from configs.make_paper_params import OUT as PAPER_PARAMS
+from tests.e2e.conftest import QUIET_ENV
 from tests.project import REPO
 
 pytestmark = pytest.mark.slow
@@ -114,11 +115,10 @@ def _dvc_project(root: Path) -> dict:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", DVC_NO_ANALYTICS="1",
+    env = dict(os.environ, **QUIET_ENV, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db", DVC_NO_ANALYTICS="1",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",
-               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", HF_HUB_OFFLINE="1")
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid")
     env.pop("PYTHONPATH", None)                  # the stages import the project's own copy
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
                 ["git", "commit", "-qm", "paper mode, offline"]):

@@ -229,15 +229,13 @@ def test_real_rule_grader_then_judge():
     assert len(judge.calls) == 1 and [a["kind"] for a in rep.audit] == ["disagreement"]
 
 
-def _hammer_cache(path: str, worker: int, rounds: int) -> int:
+def _hammer_cache(path: str, worker: int, rounds: int) -> None:
     """One process writing and reading a shared cache file, as a Ray curation actor does."""
     cache = VerdictCache(path)
-    seen = 0
     for r in range(rounds):
         cache.put_many([(f"w{worker}-r{r}-{i}", f"raw {worker} {r} {i}") for i in range(20)])
-        seen += cache.get(f"w{1 - worker}-r{r}-0") is not None
+        cache.get(f"w{1 - worker}-r{r}-0")         # a read between writes, whatever the other has done
     cache.close()
-    return seen
 
 
 def test_processes_sharing_one_cache_file_lose_no_verdict(tmp_path):
