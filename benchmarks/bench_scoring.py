@@ -9,7 +9,9 @@ float32) scores N CHAMP teacher responses (GPT-4 Turbo and GPT-4, 0-shot) with
 tokens through the model per second. In the same run, the same model generates greedily from the
 same problems' evaluation prompts through ``generation.engines.TransformersEngine`` at batch 16:
 completion tokens per second. Scoring is one forward pass per batch where generation is one per
-token, so scoring should be several times faster (target >= 3x). Finally a subset is scored one
+token, so scoring should be several times faster (target >= 3x). The same rows are also scored
+through the model's own forward (logits from the shortest prompt's end on, the path of models
+outside ``PLAIN_HEAD_CLASSES``): the baseline for projecting only scored positions. Finally a subset is scored one
 sequence at a time through the model's own loss (``score_examples_unbatched``) and the largest
 absolute difference from the batched mean NLL is reported (expected ~1e-6 in float32).
 """
@@ -31,6 +33,7 @@ from common.prompt import build_messages, build_prompt  # noqa: E402
 from curation.config import SourceParams  # noqa: E402
 from curation.sources import champ_traces, load_champ_raw  # noqa: E402
 from generation.engines import SamplingConfig, TransformersEngine  # noqa: E402
+from training import scoring  # noqa: E402
 from training.scoring import score_examples, score_examples_unbatched  # noqa: E402
 from training.student import load_student  # noqa: E402
 
@@ -83,6 +86,17 @@ def main() -> int:
                             max_len=args.max_len, progress=False)
     score_wall, score_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     load_after_scoring = os.getloadavg()[0]     # other jobs on shared cores skew one phase, not both
+
+    # Baseline in the same run: the model's own forward (logits over every position from the
+    # shortest prompt on), the path any model outside PLAIN_HEAD_CLASSES takes.
+    plain_classes, scoring.PLAIN_HEAD_CLASSES = scoring.PLAIN_HEAD_CLASSES, frozenset()
+    try:
+        wall0 = time.perf_counter()
+        full = score_examples(model, tokenizer, problems, responses, batch_size=args.batch_size,
+                              max_len=args.max_len, progress=False)
+        full_wall = time.perf_counter() - wall0
+    finally:
+        scoring.PLAIN_HEAD_CLASSES = plain_classes
     scored_tokens = sum(s.n_tokens for s in scores)
     from training.data import encode_examples
 
@@ -120,6 +134,11 @@ def main() -> int:
                     "scored_tokens_per_cpu_s": round(scored_tokens / score_cpu, 1),
                     "load_avg_1m_after": round(load_after_scoring, 2),
                     "mean_nll": round(sum(s.mean_nll for s in scores) / len(scores), 4)},
+        "full_logits_baseline": {"wall_s": round(full_wall, 2),
+                                 "scored_tokens_per_s": round(scored_tokens / full_wall, 1),
+                                 "head_on_scored_positions_speedup": round(full_wall / score_wall, 2),
+                                 "max_abs_diff_mean_nll": max(abs(a.mean_nll - b.mean_nll)
+                                                              for a, b in zip(scores, full))},
         "generation": {"engine": "TransformersEngine", "batch_size": args.batch_size, "prompts": len(convs),
                        "max_tokens": args.gen_tokens, "completion_tokens": gen_tokens, "wall_s": round(gen_wall, 2),
                        "tokens_per_s": round(gen_tps, 1), "tokens_per_cpu_s": round(gen_tokens / gen_cpu, 1),
@@ -132,7 +151,7 @@ def main() -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("scoring", "generation", "scoring_vs_generation",
+    print(json.dumps({k: result[k] for k in ("scoring", "full_logits_baseline", "generation", "scoring_vs_generation",
                                              "scoring_vs_generation_per_cpu_s", "batched_vs_unbatched")}, indent=2))
     return 0
 

@@ -11,8 +11,10 @@ first training step would see on that example, in nats per response token.
 Batched scoring sorts by length (padding then stays small; a batch also closes early rather than
 pad a row by more than a quarter or pass ``MAX_BATCH_TOKENS`` padded tokens), right-pads, masks the padding out of
 attention and runs without a KV cache (the cache path is where packed/padded forwards have been
-seen to leak across examples). Log-softmax is taken in float32 whatever the model's dtype, one
-row at a time so the float32 copy of the logits never exists for the whole batch at once.
+seen to leak across examples). For the common architectures (``PLAIN_HEAD_CLASSES``) the
+vocabulary projection runs only at the positions that predict a response token, not over prompts
+and padding. Log-softmax is taken in float32 whatever the model's dtype, one row at a time so the
+float32 copy of the logits never exists for the whole batch at once.
 
 Length policy: with ``max_len`` a longer sequence is scored on its first ``max_len`` tokens and
 its score says ``truncated=True``; its ``n_tokens`` counts only the tokens actually scored. A
@@ -129,15 +131,51 @@ def _progress(total: int, initial: int, progress: bool | None):
                     summary=progress is None, milestones=4 if progress is None and total >= 256 else 0)
 
 
-def _forward_logits(model, input_ids, attention_mask, first_scored: int):
+# Causal LMs whose logits are exactly ``lm_head(decoder(...).last_hidden_state)``: no logit
+# scaling or soft-capping (Gemma, Cohere) in between. For these the vocabulary projection is run
+# on the scored positions only; any other model (a PEFT wrapper included) takes its own forward.
+PLAIN_HEAD_CLASSES = frozenset({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                "Qwen3ForCausalLM"})
+
+
+def _plain_head(model):
+    """``(decoder, lm_head)`` when `model` is one of PLAIN_HEAD_CLASSES, else None."""
+    if type(model).__name__ not in PLAIN_HEAD_CLASSES:
+        return None
+    decoder, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
+
+
+def _batch_nll(model, input_ids, attention_mask, labels, first_scored: int) -> list[tuple[float, int]]:
+    """``(summed NLL, tokens)`` of each row of a right-padded batch.
+
+    With a plain head (see PLAIN_HEAD_CLASSES) the decoder runs once over the batch and the
+    vocabulary projection only over each row's scored positions (those whose next token is
+    labelled): prompt and padding positions cost no tokens x vocabulary work. Otherwise the
+    model's own forward gives the logits, from the shortest prompt's last token on."""
+    plain = _plain_head(model)
+    if plain is not None:
+        decoder, head = plain
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        out = []
+        for row in range(input_ids.shape[0]):
+            targets = labels[row, 1:]
+            where = (targets != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+            if where.numel() == 0:
+                out.append((0.0, 0))
+                continue
+            logits = head(hidden[row, where]).float()
+            losses = F.cross_entropy(logits, targets[where], reduction="none")
+            out.append((float(losses.sum(dtype=torch.float64)), int(where.numel())))
+        return out
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     # Positions before the shortest prompt's last token predict no labelled token in any row:
     # skipping their vocabulary projection saves memory and time on long prompts.
-    keep = input_ids.shape[1] - first_scored
+    offset = 0
     if first_scored > 0 and "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = keep
-        return model(**kwargs).logits, first_scored
-    return model(**kwargs).logits, 0
+        kwargs["logits_to_keep"], offset = input_ids.shape[1] - first_scored, first_scored
+    logits = model(**kwargs).logits
+    return [nll_from_logits(logits[row], labels[row, offset:]) for row in range(input_ids.shape[0])]
 
 
 # A batch closes early when the next (shorter) sequence would be padded by more than this share
@@ -205,14 +243,11 @@ def score_examples(model, tokenizer, problems: list[str], responses: list[str], 
                     labels[row, :n] = torch.tensor(examples[i]["labels"])
                     attention[row, :n] = 1
                 first = max(0, min(examples[i]["prompt_len"] for i in batch) - 1)
-                logits, offset = _forward_logits(model, input_ids.to(device), attention.to(device), first)
-                labels = labels[:, offset:].to(device)
+                nlls = _batch_nll(model, input_ids.to(device), attention.to(device), labels.to(device), first)
                 finished = []
-                for row, i in enumerate(batch):
-                    total, n_tokens = nll_from_logits(logits[row], labels[row])
+                for (total, n_tokens), i in zip(nlls, batch):
                     scores[i] = _score_of(total, n_tokens, examples[i]["truncated"])
                     finished.append((keys[i], scores[i]))
-                del logits
                 if store:
                     store.add(finished)
                 bar.update(len(batch), tokens=sum(score.n_tokens for _, score in finished))

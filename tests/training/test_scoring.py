@@ -107,8 +107,9 @@ def test_resume_scores_only_what_is_missing(model, tokenizer, tmp_path, monkeypa
     with open(path, "a") as f:
         f.write('{"key": "torn')                       # a write cut short by a kill
     calls = []
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or forward(*a, **k))
+    decoder = model.model                              # a Llama's head sees scored rows only
+    forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or forward(*a, **k))
     again = score_examples(model, tokenizer, problems, responses, batch_size=2, progress=False,
                            checkpoint=path, fingerprint="m1")
     assert sum(calls) == 2                             # only the two new rows went through the model
@@ -239,3 +240,42 @@ def test_progress_is_a_bar_only_when_asked_or_on_a_terminal(model, tokenizer, ca
     assert err.startswith("scoring: 3/3 seqs in ") and err.count("\n") == 1 and "tokens/s" in err
     score_examples(model, tokenizer, problems, responses, progress=True)
     assert "\r" in capsys.readouterr().err                        # tqdm redraws in place
+
+
+def test_vocabulary_projection_runs_on_scored_positions_only(model, tokenizer, monkeypatch):
+    """A plain-head model (a Llama) projects only the positions that predict a response token,
+    with the scores of its own full forward; a model outside PLAIN_HEAD_CLASSES keeps its forward."""
+    from transformers import LlamaForCausalLM
+
+    from training import scoring
+
+    problems, responses = mixed_rows(6)
+    rows_projected = []
+    hook = model.lm_head.register_forward_hook(
+        lambda module, args, out: rows_projected.append(args[0].shape[:-1].numel()))
+    fast = score_examples(model, tokenizer, problems, responses, batch_size=4, progress=False)
+    hook.remove()
+    assert sum(rows_projected) == sum(s.n_tokens for s in fast)
+
+    monkeypatch.setattr(scoring, "PLAIN_HEAD_CLASSES", frozenset())
+    full = score_examples(model, tokenizer, problems, responses, batch_size=4, progress=False)
+    monkeypatch.undo()
+    for a, b in zip(fast, full):
+        assert a.n_tokens == b.n_tokens and a.mean_nll == pytest.approx(b.mean_nll, abs=1e-5)
+
+    class ScaledLogits(LlamaForCausalLM):      # a head with scaling in between, as Cohere's has
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 8.0
+            return out
+
+    scaled = ScaledLogits(model.config)
+    scaled.load_state_dict(model.state_dict())
+    assert scoring._plain_head(scaled) is None
+    rescaled = score_examples(scaled, tokenizer, problems, responses, batch_size=4, progress=False)
+    with torch.no_grad():                      # its own logits, one unpadded sequence at a time
+        for got, e, plain in zip(rescaled, encode_examples(tokenizer, problems, responses), fast):
+            logits = scaled(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+            total, n = nll_from_logits(logits, torch.tensor(e["labels"]))
+            assert got.n_tokens == n and got.total_nll == pytest.approx(total, abs=1e-4 * n)
+            assert abs(got.mean_nll - plain.mean_nll) > 1e-3
