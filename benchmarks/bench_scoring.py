@@ -11,8 +11,8 @@ same problems' evaluation prompts through ``generation.engines.TransformersEngin
 completion tokens per second. Scoring is one forward pass per batch where generation is one per
 token, so scoring should be several times faster (target >= 3x). The same rows are also scored
 through the model's own forward (logits from the shortest prompt's end on, the path of models
-outside ``PLAIN_HEAD_CLASSES``): the baseline for projecting only scored positions. Finally a subset is scored one
-sequence at a time through the model's own loss (``score_examples_unbatched``) and the largest
+outside ``PLAIN_HEAD_CLASSES``): the baseline for projecting only scored positions. Finally a
+subset is scored one sequence at a time through the model's own loss (``score_examples_unbatched``) and the largest
 absolute difference from the batched mean NLL is reported (expected ~1e-6 in float32).
 """
 from __future__ import annotations
