@@ -5,6 +5,7 @@
     mixdistill eval --calibrate                        # grader vs CHAMP's human labels
     mixdistill recipe --preset paper --json            # each arm's training recipe and their parity
     mixdistill lineage models/checkpoints/mix_long     # what a checkpoint was trained on, verified
+    mixdistill ui --open                               # the MLflow UI, opened on the experiment's runs
 """
 from __future__ import annotations
 
@@ -77,13 +78,19 @@ def _lineage(argv: list[str]) -> int:
     return lineage_main(argv)
 
 
+def _ui(argv: list[str]) -> int:
+    from pipelines.ui import main as ui_main
+
+    return ui_main(argv)
+
+
 def _recipe(argv: list[str]) -> int:
     from pipelines.recipe import main as recipe_main
 
     return recipe_main(argv)
 
 
-TOOLS = {"grade": _grade, "lineage": _lineage, "recipe": _recipe}
+TOOLS = {"grade": _grade, "lineage": _lineage, "recipe": _recipe, "ui": _ui}
 
 
 def _tool_help() -> str:

@@ -39,7 +39,7 @@ log = logging.getLogger("pipelines.tracking")
 
 # The experiment's kind: MLflow 3 UIs that read it open the experiment on its runs, not the GenAI
 # overview (empty for a fine-tuning project). 3.17's UI lets its GenAI / Model training switch
-# decide instead (remembered per browser; ``?workflowType=machine_learning`` sets it): see README.
+# decide instead (remembered per browser; the link `mixdistill ui` prints sets it): see README.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"          # the run's description in the UI
 MODEL_ID_TAG = "mixdistill.model_id"       # the logged model of a checkpoint's run (eval links to it)
@@ -77,6 +77,21 @@ def run_exists(params, run_id: str) -> bool:
         if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise TrackingError(f"MLflow store at {redacted(tracking_uri(params))} failed: {_cause(exc)}") from exc
+
+
+def experiment_id(params, uri: str | None = None) -> str | None:
+    """The configured experiment's id in the configured store (or in the one at ``uri``), or None
+    where it has none yet (nothing is created: for tools that only read)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri(params)
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(settings(params).experiment)
+    except _store_errors() as exc:
+        raise TrackingError(f"MLflow store at {redacted(uri)} failed: {_cause(exc)}") from exc
+    return None if found is None else found.experiment_id
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:

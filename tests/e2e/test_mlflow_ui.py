@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.e2e import browser
-from tests.e2e.conftest import BENCHMARK, EXPERIMENT, MIXES, SOURCES
+from tests.e2e.conftest import BENCHMARK, EXPERIMENT, MIXES, QUIET_ENV, REPO, SOURCES
 
 pytestmark = pytest.mark.skipif(browser.unavailable_reason() is not None,
                                 reason=f"no headless browser: {browser.unavailable_reason()}")
@@ -174,12 +176,23 @@ def check_audit_artifact(page: browser.Browser, url: str, experiment_id: str, ru
     page.screenshot(shots / "mlflow_judge_audit.png")
 
 
-def check_landing_page(page: browser.Browser, url: str, experiment_id: str, mix_runs: dict, n_runs: int,
+def landing_link(pipeline) -> str:
+    """The link `mixdistill ui` prints for the project (its store is the server, so it starts none)."""
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_TRACKING_URI": pipeline.server.url,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "ui", "--params", str(pipeline.root / "params.yaml")],
+                          cwd=pipeline.root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().rsplit(": ", 1)[-1]
+
+
+def check_landing_page(page: browser.Browser, link: str, experiment_id: str, mix_runs: dict, n_runs: int,
                        shots: Path) -> None:
-    """The experiment's own link, as the README gives it, opens on the runs table. (MLflow 3.17's UI
-    picks the landing page with its GenAI / Model training switch, which this link sets; the
-    experimentKind tag is what other MLflow 3 UIs read.)"""
-    page.open(f"{url}/#/experiments/{experiment_id}?workflowType=machine_learning")
+    """The link `mixdistill ui` prints opens the experiment on its runs table, in a browser that never
+    chose between GenAI and Model training. (MLflow 3.17's UI picks the landing page with that switch,
+    which the link sets; the experimentKind tag is read only by UI builds without the switch.)"""
+    assert link.endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning"), link
+    page.open(link)
     page.wait(lambda: f"/experiments/{experiment_id}/runs" in page.driver.current_url,
               "the experiment link to land on its runs", timeout_s=60)
     page.wait_for_text(f"{n_runs} matching runs", "Run Name", *MIXES, timeout_s=60)
@@ -220,7 +233,7 @@ def test_mlflow_ui_lists_one_run_per_mix_with_metrics_and_judge_audit(pipeline):
         try:
             check_runs_page(page, pipeline.server.url, experiment_id, mix_runs, n_runs, shots)
             check_audit_artifact(page, pipeline.server.url, experiment_id, mix_runs[MIXES[0]], shots)
-            check_landing_page(page, pipeline.server.url, experiment_id, mix_runs, n_runs, shots)
+            check_landing_page(page, landing_link(pipeline), experiment_id, mix_runs, n_runs, shots)
             check_model_version_page(page, pipeline.server.url, client, MIXES[0], mix_runs[MIXES[0]], shots)
             results = read_json(client.download_artifacts(mix_runs[MIXES[0]].info.run_id, "eval_results_table.json",
                                                           str(pipeline.root / "downloads" / "ui_results")))
