@@ -16,6 +16,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -93,8 +94,10 @@ class Grader:
         self._pool: WorkerPool | None = None
         self._retry_pool: WorkerPool | None = None
         # where the work went, for reports: pairs seen, answered from cache, settled cheaply, sent on
-        # to math-verify; distinct pairs tried again after a timeout, and those still timed out
-        self.stats = Counter(pairs=0, cached=0, cheap=0, math_verify=0, retried=0, timeout_after_retry=0)
+        # to math-verify; distinct pairs tried again after a timeout, and those still timed out; the
+        # longest one math-verify attempt took (ms, from being sent to a worker to its verdict)
+        self.stats = Counter(pairs=0, cached=0, cheap=0, math_verify=0, retried=0, timeout_after_retry=0,
+                             slowest_pair_ms=0)
 
     def __enter__(self) -> Grader:
         return self
@@ -208,6 +211,7 @@ class Grader:
                     self._pool = pool
             jobs = [(i, answer, variants, key[2]) for i, (key, answer, variants) in enumerate(items)]
             results = pool.run(jobs, progress)
+            self.stats["slowest_pair_ms"] = max(self.stats["slowest_pair_ms"], round(pool.slowest_s * 1000))
         return {key: results[i] for i, (key, _, _) in enumerate(items)}
 
     def _run_inline(self, items: list[tuple], timeout_s: float, progress: Progress) -> dict:
@@ -216,10 +220,13 @@ class Grader:
         limit = max(1, math.ceil(timeout_s)) if in_main else None
         out = {}
         for key, answer, variants in items:
+            started = time.monotonic()
             try:
                 out[key] = self.checker(answer, variants, limit, key[2])
             except Exception:  # noqa: BLE001
                 out[key] = (False, "error")
+            took_ms = round((time.monotonic() - started) * 1000)
+            self.stats["slowest_pair_ms"] = max(self.stats["slowest_pair_ms"], took_ms)
             progress.update(1)
         return out
 

@@ -93,6 +93,7 @@ class WorkerPool:
         # stuck where a signal cannot reach (C code), so give the soft one room to act first.
         self.hard_limit_s = timeout_s * 1.5 + 1.0
         self.slots: list[_Slot] = []
+        self.slowest_s = 0.0     # the longest one item took, from being sent on to its result here
         self._finalizer = weakref.finalize(self, WorkerPool._shutdown, self.slots)
 
     def _spawn(self) -> _Slot:
@@ -157,7 +158,9 @@ class WorkerPool:
                     continue
                 results[msg[0]] = msg[1:]
                 slot.pos += 1
-                slot.item_started = time.monotonic()
+                done_at = time.monotonic()
+                self.slowest_s = max(self.slowest_s, done_at - slot.item_started)
+                slot.item_started = done_at
                 if slot.pos >= len(slot.chunk):
                     slot.chunk = []
             now = time.monotonic()
@@ -165,6 +168,7 @@ class WorkerPool:
                 if slot.chunk and now - slot.item_started > self.hard_limit_s:
                     job = slot.chunk[slot.pos]  # hung past every soft limit: kill it, move on
                     results[job[0]] = (False, "timeout")
+                    self.slowest_s = max(self.slowest_s, now - slot.item_started)
                     pending.extendleft(reversed(slot.chunk[slot.pos + 1:]))
                     self._replace(slot)
                 elif not slot.ready and now - slot.started > self.STARTUP_LIMIT_S:

@@ -216,6 +216,8 @@ def test_hanging_pairs_time_out_and_the_batch_carries_on():
     # both were tried once more with twice the budget, and hung again
     assert (grader.stats["retried"], grader.stats["timeout_after_retry"]) == (2, 2)
     assert time.monotonic() - start < 30
+    # no attempt outlived its hard deadline (1.5 x the retry's 1 s budget + 1 s) by more than a poll
+    assert 900 <= grader.stats["slowest_pair_ms"] <= 2500 + 300
 
 
 def slow_checker(answer, variants, timeout, tail=None):
@@ -237,6 +239,7 @@ def test_retry_can_be_turned_off():
         verdicts = grader.grade_answers(["slow"], ["x"])
     assert verdicts == [Verdict("slow", False, "timeout")]
     assert grader.stats["retried"] == 0
+    assert 450 <= grader.stats["slowest_pair_ms"] <= 1750 + 300     # the soft deadline stopped it
 
 
 def test_math_verify_in_worker_processes():
