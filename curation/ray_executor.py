@@ -1,87 +1,97 @@
-"""``curate.executor: ray``: the shard checks of ``curation.sharded`` on Ray actors.
+"""``curate.executor: ray``: the shard checks of ``curation.sharded`` as a Ray Data ``map_batches``.
 
-Each Ray actor builds one :class:`~curation.shard_check.ShardChecker` (tokenizer, quality checks,
-benchmark n-gram index broadcast to it with the checker, its own grading pool with the same hard
-per-pair deadline) and checks whole shards. The driver sends it shards and receives the checked rows
-with their dedup sketch columns, in source order, then goes on exactly as the local executor does
-(dedup over digests and signatures, the same parts written). So the kept and rejected rows, their
-reasons and the report are the same whichever executor ran.
+The dataset is the source's shards, one descriptor row each; an actor pool maps it. Each actor
+builds one :class:`~curation.shard_check.ShardChecker` (tokenizer, quality checks, benchmark n-gram
+index broadcast to it with the checker, its own grading pool with the same hard per-pair deadline),
+reads the rows of each shard it is given from the traces file and returns them checked, with their
+dedup sketch columns. The driver takes the shards in source order and goes on exactly as the local
+executor does (dedup over digests and signatures, the same parts written). So the kept and rejected
+rows, their reasons and the report are the same whichever executor ran.
 
 Ray restarts an actor that dies and runs its shard again; a shard's output is a pure function of
-its rows, and the driver only takes complete outputs, so no row is lost or seen twice. (Ray Data's
-``map_batches`` was the first design: on a 2-CPU cluster its file-listing and read tasks waited
-forever for CPU slots the checker actors held.) ``RAY_ADDRESS`` (or ``ray start --head`` then
-``RAY_ADDRESS=auto``) points the run at a cluster; the project's packages travel with the job (Ray
-``py_modules``), and the traces file and the benchmark folder must be on storage every node sees.
+its rows, and the driver only takes complete outputs, so no row is lost or seen twice. (Mapping the
+Parquet file itself, ``read_parquet(...).map_batches``, was the first design: on a 2-CPU cluster its
+file-listing task waited forever for a CPU the checker actors held, and one file became one block.
+A dataset of shard descriptors has no read tasks and one block per shard.) ``RAY_ADDRESS`` (or ``ray
+start --head`` then ``RAY_ADDRESS=auto``) points the run at a cluster; the project's packages travel
+with the job (Ray ``py_modules``), and the traces file and the benchmark folder must be on storage
+every node sees.
 """
 from __future__ import annotations
 
-import os
-from collections import deque
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
 from common.errors import MixdistillError
+from common.progress import Progress
+from common.ray_cluster import ClusterError, connect, import_ray
 
-# A local cluster's size when none is given: MIXDISTILL_RAY_NUM_CPUS, else Ray's own (all cores).
-NUM_CPUS_ENV = "MIXDISTILL_RAY_NUM_CPUS"
-
-
-class ClusterError(MixdistillError, RuntimeError):
-    """Ray is missing or its cluster cannot be reached."""
-
-
-# The packages a Ray worker imports to check a shard.
+# The packages a Ray worker imports to check a shard (shipped to a real cluster's nodes).
 SHIPPED_PACKAGES = ("common", "curation", "generation", "grading")
 
 
-def ensure_ray():
-    """Import Ray and connect: to ``RAY_ADDRESS`` when set, else a local cluster (once per process)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ClusterError("curate.executor: ray needs Ray: pip install 'mixdistill[cluster]'") from exc
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if not address and os.environ.get(NUM_CPUS_ENV):
-            kwargs["num_cpus"] = int(os.environ[NUM_CPUS_ENV])
-        if address:      # the nodes run this checkout's code, not whatever they may have installed
-            root = Path(__file__).resolve().parents[1]
-            kwargs["runtime_env"] = {"py_modules": [str(root / name) for name in SHIPPED_PACKAGES]}
-        try:
-            ray.init(address=address or None, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ClusterError(f"Ray cluster at RAY_ADDRESS={address!r} cannot be reached: {exc}") from exc
-    return ray
+class ShardCheck:
+    """The ``map_batches`` function: one per actor, a ShardChecker built once, checking each shard
+    it is given (a row ``shard, start, rows``) by reading those rows of the source itself."""
 
-
-class RemoteChecker:
-    """One Ray actor: a ShardChecker built once, checking the shards it is sent."""
-
-    def __init__(self, cur, tokenizer, benchmarks_dir: str, judge_cache: str | None, grading_workers: int):
+    def __init__(self, source: str, cur, tokenizer, benchmarks_dir: str, judge_cache: str | None,
+                 grading_workers: int):
         from curation.shard_check import ShardChecker
 
         # A failing constructor would make Ray restart the actor forever: the error is kept and
         # raised by the first call instead, which brings it to the driver as itself.
-        self.checker, self.error = None, None
+        self.source, self.checker, self.error = Path(source), None, None
         try:
             self.checker = ShardChecker(cur, tokenizer, Path(benchmarks_dir),
                                         Path(judge_cache) if judge_cache else None, grading_workers=grading_workers)
-        except Exception as exc:  # noqa: BLE001 - re-raised, unchanged, by check()
+        except Exception as exc:  # noqa: BLE001 - re-raised, unchanged, by __call__
             self.error = exc
 
-    def check(self, table):
-        if self.error is not None:
-            raise self.error
-        checked, extra, flags, timings = self.checker(pl.from_arrow(table))
-        return checked.to_arrow(), extra, flags, timings
+    def __call__(self, batch):
+        import pyarrow as pa
 
-    def close(self) -> None:
-        if self.checker is not None:
+        from curation.shard_check import read_shard
+
+        shards, checked, meta, errors = batch["shard"].to_pylist(), [], [], []
+        for start, rows in zip(batch["start"].to_pylist(), batch["rows"].to_pylist()):
+            # A project error (bad input, a missing benchmark) comes back as a value: Ray Data's
+            # wrapper would keep only its text, and the driver raises it as itself.
+            try:
+                if self.error is not None:
+                    raise self.error
+                table, extra, flags, timings = self.checker(read_shard(self.source, start, rows))
+            except MixdistillError as exc:
+                checked.append(None), meta.append(None), errors.append(pickle.dumps(exc))
+                continue
+            checked.append(_ipc(table.to_arrow()))
+            meta.append(pickle.dumps((extra, flags, timings)))
+            errors.append(None)
+        return pa.table({"shard": pa.array(shards, pa.int64()), "checked": pa.array(checked, pa.large_binary()),
+                         "meta": pa.array(meta, pa.large_binary()), "error": pa.array(errors, pa.large_binary())})
+
+    def __del__(self):        # Ray Data deletes the function when it shuts the actor down
+        if getattr(self, "checker", None) is not None:
             self.checker.close()
+
+
+def _ipc(table) -> bytes:
+    """A checked shard as one Arrow IPC stream: a single value of the output row, whatever its
+    columns (Ray Data's blocks then never split or re-type a shard)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pl.DataFrame:
+    import pyarrow as pa
+
+    return pl.from_arrow(pa.ipc.open_stream(data).read_all())
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -102,48 +112,55 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def ray_shards(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, judge_cache: Path | None,
                label: str) -> Iterator[tuple[pl.DataFrame, dict, list, dict]]:
-    """``(checked, extra, flags, timings)`` per ``shard_rows`` rows, in source order, checked by
-    ``curate.ray.workers`` actors.
+    """``(checked, extra, flags, timings)`` per ``shard_rows`` rows, in source order, checked by a
+    Ray Data ``map_batches`` over the shards on a pool of ``curate.ray.workers`` actors.
 
-    The driver reads the shards (one at a time, as the local executor does) and keeps at most
-    two per actor in flight, so the object store holds ``2 x workers`` shards at most. Shard ``k``
-    goes to actor ``k mod workers``; an actor runs its calls in order, and results are taken in
-    shard order. Actors restart when they die and rerun the call they were in
+    The dataset holds one small row per shard (its number, first row and row count), so nothing but
+    these descriptors leaves the driver: each actor reads its shard's row groups from the traces file
+    and returns the checked rows as one Arrow IPC value. The pool runs at most two shards per actor
+    at once and Ray Data's streaming executor holds back finished ones the driver has not taken, so
+    the object store holds a few shards at a time. Results come in shard order
+    (``preserve_order``). Actors restart when they die and rerun the shard they were in
     (``max_restarts``/``max_task_retries``), so a killed worker costs time, not rows."""
-    from curation.shard_check import iter_shards
+    import pyarrow.parquet as pq
 
-    ray = ensure_ray()
+    from curation.shard_check import shard_spans
+
     rc = cur.ray
-    actor_class = ray.remote(num_cpus=rc.num_cpus_per_worker, max_restarts=-1, max_task_retries=-1)(RemoteChecker)
-    # The constructor arguments (the tokenizer above all) sit in the object store under refs held
-    # here for the whole run: a restarted actor reads them again, and Ray frees arguments nobody holds.
-    held = [ray.put(value) for value in (cur, tokenizer, str(Path(benchmarks_dir).resolve()),
-                                         str(judge_cache) if judge_cache else None, rc.grading_workers)]
-    actors = [actor_class.remote(*held) for _ in range(rc.workers)]
-    in_flight: deque = deque()
-    depth = 2 * len(actors)
-    shards = enumerate(iter_shards(Path(traces_path), cur.shard_rows))
     try:
-        while True:
-            while len(in_flight) < depth:
-                item = next(shards, None)
-                if item is None:
-                    break
-                k, frame = item
-                in_flight.append(actors[k % len(actors)].check.remote(frame.to_arrow()))
-            if not in_flight:
-                break
-            table, extra, flags, timings = ray.get(in_flight.popleft())
-            yield pl.from_arrow(table), extra, flags, timings
+        connect(SHIPPED_PACKAGES, min_cpus=rc.workers * rc.num_cpus_per_worker, log_to_driver=False)
+        ray = import_ray()
+    except ClusterError as exc:
+        raise ClusterError(f"curate.executor: ray: {exc}") from exc
+    import ray.data
+
+    spans = shard_spans(pq.ParquetFile(traces_path).metadata.num_rows, cur.shard_rows)
+    shards = ray.data.from_items([{"shard": k, "start": s, "rows": n} for k, (s, n) in enumerate(spans)],
+                                 override_num_blocks=len(spans))
+    checked = shards.map_batches(
+        ShardCheck, batch_size=1, batch_format="pyarrow", num_cpus=rc.num_cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=min(rc.workers, len(spans)), max_tasks_in_flight_per_actor=2),
+        fn_constructor_args=(str(Path(traces_path).resolve()), cur, tokenizer, str(Path(benchmarks_dir).resolve()),
+                             str(judge_cache) if judge_cache else None, rc.grading_workers),
+        max_restarts=-1, max_task_retries=-1)
+    checked.context.execution_options.preserve_order = True
+    checked.context.enable_progress_bars = False       # the stage shows its own, below
+    progress = Progress(sum(n for _, n in spans), f"{label} on Ray ({min(rc.workers, len(spans))} actors)",
+                        unit="row", milestones=3 if len(spans) > 3 else 0)
+    try:
+        for k, row in enumerate(checked.iter_rows()):
+            if row["shard"] != k:        # preserve_order is what keeps the outputs the local ones
+                raise RuntimeError(f"{traces_path}: Ray returned shard {row['shard']} where {k} was due")
+            if row["error"] is not None:
+                raise pickle.loads(row["error"])
+            extra, flags, timings = pickle.loads(row["meta"])
+            frame = _from_ipc(row["checked"])
+            progress.update(frame.height)
+            yield frame, extra, flags, timings
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; ours come back as themselves
         inner = _unwrap(exc)
         if inner is not exc:
             raise inner from None
         raise
     finally:
-        for actor in actors:
-            try:
-                ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - a dead actor has nothing left to close
-                pass
-            ray.kill(actor)
+        progress.close()

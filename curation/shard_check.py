@@ -56,6 +56,33 @@ def iter_shards(path: Path, shard_rows: int) -> Iterator[pl.DataFrame]:
         raise _unreadable(path, exc) from exc
 
 
+def shard_spans(total: int, shard_rows: int) -> list[tuple[int, int]]:
+    """``(first row, row count)`` of each shard ``iter_shards`` yields for a source of ``total``
+    rows (one empty shard for an empty source)."""
+    return [(start, min(shard_rows, total - start)) for start in range(0, total, shard_rows)] or [(0, 0)]
+
+
+def read_shard(path: Path, start: int, rows: int) -> pl.DataFrame:
+    """Rows ``start .. start + rows`` of the source, the same frame ``iter_shards`` yields for that
+    shard, reading only the row groups that hold them (what a Ray worker reads on its own)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        meta, groups, first, seen = parquet.metadata, [], None, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if seen + n > start and seen < start + rows:
+                first = seen if first is None else first
+                groups.append(g)
+            seen += n
+        if not groups:
+            return pl.from_arrow(parquet.schema_arrow.empty_table())
+        return pl.from_arrow(parquet.read_row_groups(groups).slice(start - first, rows))
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
 class ShardChecker:
     """Everything but dedup for one shard, with what is costly to build (tokenizer, grading pool,
     benchmark n-gram index, judge) built once. Runs in the stage's process or in a Ray actor."""

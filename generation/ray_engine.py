@@ -20,7 +20,6 @@ message the local path gives. Ray is imported only when such an engine is built.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -28,9 +27,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from common.errors import MixdistillError
+from common.ray_cluster import ClusterError, connect, import_ray
 from generation.engines import Completion, Engine, EngineError, Messages, SamplingConfig, check_prompts
 
-INSTALL_HINT = "ray is not installed: pip install 'mixdistill[cluster]'"
 
 
 @dataclass(frozen=True)
@@ -106,41 +105,14 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _import_ray():
+def _connect(options: RayOptions):
+    """Ray, joined to ``RAY_ADDRESS``'s cluster or a local one (at least the machine's cores, so
+    that a later engine of this run, a judge, fits beside it), and whether this process started it."""
     try:
-        import ray
-    except ImportError as exc:
-        raise EngineError(INSTALL_HINT) from exc
-    return ray
-
-
-_STARTED_LOCAL = False                  # whether this process started the Ray it is connected to
-
-
-def _connect(ray, options: RayOptions) -> bool:
-    """Join ``RAY_ADDRESS``'s cluster, or start a local one; True when the cluster is a local one
-    this process started (nothing joins it later, so what it lacks now it lacks for good)."""
-    global _STARTED_LOCAL
-    if ray.is_initialized():
-        return _STARTED_LOCAL
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        import common
-        import generation
-
-        # The nodes run this checkout's code, not whatever version they may have installed.
-        modules = [os.path.dirname(m.__file__) for m in (common, generation)]
-        try:
-            ray.init(address=address, runtime_env={"py_modules": modules})
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise EngineError(f"ray: cannot join the cluster at RAY_ADDRESS={address}: {_first_line(exc)}") from exc
-        _STARTED_LOCAL = False
-        return False
-    # At least the machine's cores, so that a later engine of this run (a judge) fits beside it.
-    cpus = max(os.cpu_count() or 1, math.ceil(options.replicas * options.num_cpus))
-    ray.init(num_cpus=cpus, include_dashboard=False)
-    _STARTED_LOCAL = True
-    return True
+        started_here = connect(("common", "generation"), min_cpus=options.replicas * options.num_cpus)
+        return import_ray(), started_here
+    except ClusterError as exc:
+        raise EngineError(f"ray: {exc}") from exc
 
 
 class _Replica:
@@ -173,9 +145,8 @@ class RayEngine:
 
     def __init__(self, build: Callable[[dict], Engine], inner: dict, options: RayOptions):
         self.inner, self.options = dict(inner), options
-        ray = _import_ray()
+        ray, started_here = _connect(options)
         self._ray = ray
-        started_here = _connect(ray, options)
         check_resources(options, ray.cluster_resources(), ray.available_resources(), started_here)
         actor = ray.remote(_Replica).options(num_cpus=options.num_cpus, num_gpus=options.num_gpus,
                                               max_restarts=options.max_restarts,

@@ -11,6 +11,7 @@ from common.io import ParquetError
 from common.prompt import build_prompt
 from curation.errors import SourceError
 from curation.runner import add_token_counts, run_curation
+from curation.shard_check import iter_shards, read_shard, shard_spans
 from curation.sharded import curate_source
 from curation.suite import build_components
 from tests.curation.helpers import TOKEN_COLUMNS, make_traces
@@ -110,3 +111,26 @@ def test_an_empty_source_writes_empty_outputs_with_columns(tokenizer, tmp_path):
     result = curate_source(source, curate_params(decontam={"benchmarks": []}), tokenizer, tmp_path, tmp_path / "o")
     kept = pl.read_parquet(tmp_path / "o" / "kept.parquet")
     assert kept.height == 0 and "response_tokens" in kept.columns and result.report["input"] == 0
+
+
+@pytest.mark.parametrize("row_group_size,shard_rows", [(7, 5), (5, 5), (3, 11), (40, 9), (40, 40)])
+def test_a_shard_read_by_its_span_is_the_shard_iter_shards_yields(tmp_path, row_group_size, shard_rows):
+    """What a Ray worker reads for its shard (``read_shard``, row groups only) is the frame the
+    local executor gets from the batch reader, across row-group and shard boundaries."""
+    frame = make_traces([{"response": f"Response {i}, the answer is {i}."} for i in range(23)])
+    path = tmp_path / "t.parquet"
+    frame.write_parquet(path, row_group_size=row_group_size)
+    spans = shard_spans(frame.height, shard_rows)
+    shards = list(iter_shards(path, shard_rows))
+    assert len(spans) == len(shards) and sum(n for _, n in spans) == 23
+    for (start, rows), shard in zip(spans, shards):
+        assert read_shard(path, start, rows).equals(shard)
+        assert shard.schema == read_shard(path, start, rows).schema
+
+
+def test_an_empty_source_is_one_empty_shard_either_way(tmp_path):
+    path = tmp_path / "t.parquet"
+    make_traces([{}]).head(0).write_parquet(path)
+    assert shard_spans(0, 10) == [(0, 0)]
+    (only,) = list(iter_shards(path, 10))
+    assert read_shard(path, 0, 0).equals(only) and only.height == 0

@@ -15,12 +15,13 @@ import polars as pl
 import pytest
 import yaml
 
+from common.ray_cluster import INSTALL_HINT
 from curation.config import parse_sources
 from curation.errors import SourceError
 from curation.teacher import generate_traces, plan_generation
 from generation.engines import EngineError, FakeEngine, SamplingConfig
 from generation.factory import make_engine
-from generation.ray_engine import INSTALL_HINT, RayOptions, check_resources, shard_bounds
+from generation.ray_engine import RayOptions, check_resources, shard_bounds
 from tests.project import REPO, project_params
 
 ray = pytest.importorskip("ray")
@@ -125,7 +126,7 @@ def test_missing_ray_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)           # `import ray` now raises ImportError
     with pytest.raises(EngineError) as err:
         make_engine({"kind": "fake", "default": "x", "ray": {"replicas": 2}})
-    assert str(err.value) == INSTALL_HINT == "ray is not installed: pip install 'mixdistill[cluster]'"
+    assert str(err.value) == f"ray: {INSTALL_HINT}" == "ray: Ray is not installed: pip install 'mixdistill[cluster]'"
 
 
 def test_a_cluster_started_here_refuses_what_it_cannot_place():
