@@ -14,7 +14,7 @@ from common.prompt import build_prompt
 from curation.dedup import sketch_rows
 from curation.errors import SourceError
 from curation.runner import add_token_counts, check_rows
-from curation.schema import TRACE_COLUMNS
+from curation.schema import TRACE_COLUMNS, TRACE_SCHEMA
 from curation.suite import build_components, build_judge
 
 
@@ -38,6 +38,13 @@ def check_source(path: Path) -> int:
     if missing:
         raise SourceError(f"{path}: no column(s) {missing}; a trace set needs {TRACE_COLUMNS} "
                           "(the traces stage writes them)")
+    # A column of the wrong type fails on every row alike, deep inside a check (the tokenizer, a
+    # regex); it is named here instead. An all-null column (type Null) casts to any type.
+    found = pl.from_arrow(parquet.schema_arrow.empty_table()).schema
+    for column, dtype in TRACE_SCHEMA.items():
+        if found[column] != dtype and found[column] != pl.Null:
+            raise SourceError(f"{path}: field '{column}' holds {found[column]} values (every row); a trace "
+                              f"stores it as {dtype} (the traces stage writes it so)")
     return parquet.metadata.num_rows
 
 

@@ -99,6 +99,19 @@ def test_a_source_missing_a_column_names_the_file_and_columns(tokenizer, tmp_pat
         curate_source(source, curate_params(), tokenizer, tmp_path, tmp_path / "out")
 
 
+def test_a_source_column_of_the_wrong_type_names_the_file_and_field(tokenizer, tmp_path):
+    source = tmp_path / "t.parquet"
+    frame = make_traces([{}, {}]).drop(list(TOKEN_COLUMNS))
+    frame.with_columns(pl.Series("response", [1, 2])).write_parquet(source)
+    with pytest.raises(SourceError, match=r"t\.parquet: field 'response' holds Int64 values \(every row\); "
+                                          r"a trace stores it as String"):
+        curate_source(source, curate_params(), tokenizer, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    frame.with_columns(pl.lit(None).alias("prompt")).write_parquet(source)   # all null: casts to text
+    ok = curate_source(source, curate_params(), tokenizer, benchmark_dir(tmp_path), tmp_path / "ok")
+    assert ok.report["input"] == 2
+
+
 def test_an_unreadable_source_names_the_file(tokenizer, tmp_path):
     source = tmp_path / "t.parquet"
     source.write_bytes(b"PAR1 not really")
