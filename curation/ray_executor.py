@@ -42,7 +42,7 @@ class ShardCheck:
         from curation.shard_check import ShardChecker
 
         # A failing constructor would make Ray restart the actor forever: the error is kept and
-        # raised by the first call instead, which brings it to the driver as itself.
+        # given back by each call instead (see __call__), which brings it to the driver as itself.
         self.source, self.checker, self.error = Path(source), None, None
         try:
             self.checker = ShardChecker(cur, tokenizer, Path(benchmarks_dir),
@@ -64,7 +64,9 @@ class ShardCheck:
                     raise self.error
                 table, extra, flags, timings = self.checker(read_shard(self.source, start, rows))
             except MixdistillError as exc:
-                checked.append(None), meta.append(None), errors.append(pickle.dumps(exc))
+                checked.append(None)
+                meta.append(None)
+                errors.append(pickle.dumps(exc))
                 continue
             checked.append(_ipc(table.to_arrow()))
             meta.append(pickle.dumps((extra, flags, timings)))

@@ -31,7 +31,6 @@ from common.ray_cluster import ClusterError, connect, import_ray
 from generation.engines import Completion, Engine, EngineError, Messages, SamplingConfig, check_prompts
 
 
-
 @dataclass(frozen=True)
 class RayOptions:
     replicas: int = 1
