@@ -7,6 +7,13 @@ traceback and exits with ``exit_code``. Anything else is a bug and keeps its tra
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line
+    errors that quote a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class MixdistillError(Exception):
     """An expected failure with a one-line, self-explaining message."""
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from common.errors import MixdistillError
+from common.errors import MixdistillError, first_line
 
 
 class JsonlError(MixdistillError, ValueError):
@@ -171,6 +171,5 @@ def read_parquet(path: str | Path, columns: list[str] | None = None):
     try:
         return pl.read_parquet(path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ParquetError(f"{path}: not a readable Parquet file ({first}); "
+        raise ParquetError(f"{path}: not a readable Parquet file ({first_line(exc)}); "
                            "rebuild it by re-running the stage that writes it") from exc

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from common.errors import MixdistillError
+from common.errors import MixdistillError, first_line
 
 ROOT = Path(__file__).resolve().parents[1]
 # A local cluster's logical CPUs: MIXDISTILL_RAY_NUM_CPUS, else the machine's cores, or more when
@@ -45,8 +45,7 @@ def connect(packages: tuple[str, ...], *, min_cpus: float = 0, log_to_driver: bo
             ray.init(address=address, runtime_env={"py_modules": [str(ROOT / name) for name in packages]},
                      log_to_driver=log_to_driver)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {first}") from exc
+            raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {first_line(exc)}") from exc
         _started_local = False
         return False
     env = os.environ.get(NUM_CPUS_ENV, "").strip()

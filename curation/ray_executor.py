@@ -96,26 +96,10 @@ def _from_ipc(data: bytes) -> pl.DataFrame:
     return pl.from_arrow(pa.ipc.open_stream(data).read_all())
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The project error a worker raised, out of Ray's wrappers (RayTaskError and friends)."""
-    seen = exc
-    for _ in range(8):
-        cause = getattr(seen, "cause", None)      # RayTaskError: the worker's own exception
-        if isinstance(cause, MixdistillError):
-            return cause
-        if isinstance(seen, MixdistillError) and cause is None:
-            return seen
-        nxt = cause or seen.__cause__
-        if nxt is None:
-            break
-        seen = nxt
-    return exc
-
-
-def ray_shards(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, judge_cache: Path | None,
+def ray_shards(traces_path: Path, total: int, cur, tokenizer, benchmarks_dir: Path, judge_cache: Path | None,
                label: str) -> Iterator[tuple[pl.DataFrame, dict, list, dict]]:
-    """``(checked, extra, flags, timings)`` per ``shard_rows`` rows, in source order, checked by a
-    Ray Data ``map_batches`` over the shards on a pool of ``curate.ray.workers`` actors.
+    """``(checked, extra, flags, timings)`` per ``shard_rows`` rows of the ``total`` the source holds,
+    in source order, checked by a Ray Data ``map_batches`` over the shards on a pool of ``curate.ray.workers`` actors.
 
     The dataset holds one small row per shard (its number, first row and row count), so nothing but
     these descriptors leaves the driver: each actor reads its shard's row groups from the traces file
@@ -124,8 +108,6 @@ def ray_shards(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, judge_ca
     the object store holds a few shards at a time. Results come in shard order
     (``preserve_order``). Actors restart when they die and rerun the shard they were in
     (``max_restarts``/``max_task_retries``), so a killed worker costs time, not rows."""
-    import pyarrow.parquet as pq
-
     from curation.shard_check import shard_spans
 
     rc = cur.ray
@@ -136,18 +118,19 @@ def ray_shards(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, judge_ca
         raise ClusterError(f"curate.executor: ray: {exc}") from exc
     import ray.data
 
-    spans = shard_spans(pq.ParquetFile(traces_path).metadata.num_rows, cur.shard_rows)
+    spans = shard_spans(total, cur.shard_rows)
+    workers = min(rc.workers, len(spans))
     shards = ray.data.from_items([{"shard": k, "start": s, "rows": n} for k, (s, n) in enumerate(spans)],
                                  override_num_blocks=len(spans))
     checked = shards.map_batches(
         ShardCheck, batch_size=1, batch_format="pyarrow", num_cpus=rc.num_cpus_per_worker,
-        compute=ray.data.ActorPoolStrategy(size=min(rc.workers, len(spans)), max_tasks_in_flight_per_actor=2),
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
         fn_constructor_args=(str(Path(traces_path).resolve()), cur, tokenizer, str(Path(benchmarks_dir).resolve()),
                              str(judge_cache) if judge_cache else None, rc.grading_workers),
         max_restarts=-1, max_task_retries=-1)
     checked.context.execution_options.preserve_order = True
     checked.context.enable_progress_bars = False       # the stage shows its own, below
-    progress = Progress(sum(n for _, n in spans), f"{label} on Ray ({min(rc.workers, len(spans))} actors)",
+    progress = Progress(total, f"{label} on Ray ({workers} actors)",
                         unit="row", milestones=3 if len(spans) > 3 else 0)
     try:
         for k, row in enumerate(checked.iter_rows()):
@@ -159,10 +142,5 @@ def ray_shards(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, judge_ca
             frame = _from_ipc(row["checked"])
             progress.update(frame.height)
             yield frame, extra, flags, timings
-    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; ours come back as themselves
-        inner = _unwrap(exc)
-        if inner is not exc:
-            raise inner from None
-        raise
     finally:
         progress.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
+from common.errors import first_line
 from common.io import ParquetError
 from common.progress import StepProgress
 from common.prompt import build_prompt
@@ -19,8 +20,7 @@ from curation.suite import build_components, build_judge
 
 
 def _unreadable(path: Path, exc: Exception) -> ParquetError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ParquetError(f"{path}: not a readable Parquet file ({first}); "
+    return ParquetError(f"{path}: not a readable Parquet file ({first_line(exc)}); "
                         "rebuild it by re-running the stage that writes it")
 
 

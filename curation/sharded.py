@@ -81,7 +81,7 @@ def curate_source(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, out_d
     if executor == "ray":
         from curation.ray_executor import ray_shards
 
-        shards = ray_shards(traces_path, cur, tokenizer, benchmarks_dir, judge_cache, label)
+        shards = ray_shards(traces_path, total, cur, tokenizer, benchmarks_dir, judge_cache, label)
     else:
         shards = local_shards(traces_path, cur.shard_rows, args, label, n_shards)
     timings: dict[str, float] = {}

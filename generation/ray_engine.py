@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from common.errors import MixdistillError
+from common.errors import MixdistillError, first_line
 from common.ray_cluster import ClusterError, connect, import_ray
 from generation.engines import Completion, Engine, EngineError, Messages, SamplingConfig, check_prompts
 
@@ -222,5 +222,4 @@ class RayEngine:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+    return first_line(exc).rstrip(".")
