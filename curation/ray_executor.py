@@ -1,12 +1,13 @@
 """``curate.executor: ray``: the shard checks of ``curation.sharded`` as a Ray Data ``map_batches``.
 
 The dataset is the source's shards, one descriptor row each; an actor pool maps it. Each actor
-builds one :class:`~curation.shard_check.ShardChecker` (tokenizer, quality checks, benchmark n-gram
-index broadcast to it with the checker, its own grading pool with the same hard per-pair deadline),
+builds one :class:`~curation.shard_check.ShardChecker` (tokenizer, quality checks, the benchmark n-gram
+index built once by the driver and broadcast, its own grading pool with the same hard per-pair deadline),
 reads the rows of each shard it is given from the traces file and returns them checked, with their
-dedup sketch columns. The driver takes the shards in source order and goes on exactly as the local
-executor does (dedup over digests and signatures, the same parts written). So the kept and rejected
-rows, their reasons and the report are the same whichever executor ran.
+dedup sketch columns. The driver takes the shards in source order and writes the same parts as the
+local executor; their sketches go to the object store, where dedup is decided as Ray Data group-bys
+(``curation.ray_dedup``) with the local resolver's decisions. So the kept and rejected rows, their
+reasons and the report are the same whichever executor ran.
 
 Ray restarts an actor that dies and runs its shard again; a shard's output is a pure function of
 its rows, and the driver only takes complete outputs, so no row is lost or seen twice. (Mapping the
@@ -14,8 +15,8 @@ Parquet file itself, ``read_parquet(...).map_batches``, was the first design: on
 file-listing task waited forever for a CPU the checker actors held, and one file became one block.
 A dataset of shard descriptors has no read tasks and one block per shard.) ``RAY_ADDRESS`` (or ``ray
 start --head`` then ``RAY_ADDRESS=auto``) points the run at a cluster; the project's packages travel
-with the job (Ray ``py_modules``), and the traces file and the benchmark folder must be on storage
-every node sees.
+with the job (Ray ``py_modules``), and the traces file must be on storage every node sees (the
+benchmark folder need not be: its n-gram index travels with the actors).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class ShardCheck:
     """The ``map_batches`` function: one per actor, a ShardChecker built once, checking each shard
     it is given (a row ``shard, start, rows``) by reading those rows of the source itself."""
 
-    def __init__(self, source: str, cur, tokenizer, benchmarks_dir: str, judge_cache: str | None,
+    def __init__(self, source: str, cur, tokenizer, decontaminator, judge_cache: str | None,
                  grading_workers: int):
         from curation.shard_check import ShardChecker
 
@@ -45,8 +46,8 @@ class ShardCheck:
         # given back by each call instead (see __call__), which brings it to the driver as itself.
         self.source, self.checker, self.error = Path(source), None, None
         try:
-            self.checker = ShardChecker(cur, tokenizer, Path(benchmarks_dir),
-                                        Path(judge_cache) if judge_cache else None, grading_workers=grading_workers)
+            self.checker = ShardChecker(cur, tokenizer, None, Path(judge_cache) if judge_cache else None,
+                                        grading_workers=grading_workers, decontaminator=decontaminator)
         except Exception as exc:  # noqa: BLE001 - re-raised, unchanged, by __call__
             self.error = exc
 
@@ -109,8 +110,13 @@ def ray_shards(traces_path: Path, total: int, cur, tokenizer, benchmarks_dir: Pa
     (``preserve_order``). Actors restart when they die and rerun the shard they were in
     (``max_restarts``/``max_task_retries``), so a killed worker costs time, not rows."""
     from curation.shard_check import shard_spans
+    from curation.suite import build_decontaminator
 
     rc = cur.ray
+    # Built once here: Ray keeps the actors' constructor arguments in its object store, so each
+    # node fetches this one copy of the benchmark n-gram index (a broadcast) and the benchmark
+    # folder need not be on storage the nodes see. A missing benchmark fails here, before Ray starts.
+    decontaminator = build_decontaminator(cur, Path(benchmarks_dir))
     try:
         connect(SHIPPED_PACKAGES, min_cpus=rc.workers * rc.num_cpus_per_worker, log_to_driver=False)
         ray = import_ray()
@@ -125,9 +131,10 @@ def ray_shards(traces_path: Path, total: int, cur, tokenizer, benchmarks_dir: Pa
     checked = shards.map_batches(
         ShardCheck, batch_size=1, batch_format="pyarrow", num_cpus=rc.num_cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-        fn_constructor_args=(str(Path(traces_path).resolve()), cur, tokenizer, str(Path(benchmarks_dir).resolve()),
-                             str(judge_cache) if judge_cache else None, rc.grading_workers),
-        max_restarts=-1, max_task_retries=-1)
+        fn_constructor_args=(str(Path(traces_path).resolve()), cur, tokenizer, decontaminator,
+                             str(judge_cache) if judge_cache else None, rc.grading_workers))
+    # (Ray Data restarts a pool actor that dies and retries its task by default: max_restarts and
+    # max_task_retries -1; the kill test in tests/curation/test_ray_executor.py holds it to that.)
     checked.context.execution_options.preserve_order = True
     checked.context.enable_progress_bars = False       # the stage shows its own, below
     progress = Progress(total, f"{label} on Ray ({workers} actors)",

@@ -94,14 +94,16 @@ class ShardChecker:
     """Everything but dedup for one shard, with what is costly to build (tokenizer, grading pool,
     benchmark n-gram index, judge) built once. Runs in the stage's process or in a Ray actor."""
 
-    def __init__(self, cur, tokenizer, benchmarks_dir: Path, judge_cache: Path | None = None,
-                 grading_workers: int | None = None):
+    def __init__(self, cur, tokenizer, benchmarks_dir: Path | None, judge_cache: Path | None = None,
+                 grading_workers: int | None = None, decontaminator=None):
         import dataclasses
 
         if grading_workers is not None:
             cur = dataclasses.replace(cur, correctness=dataclasses.replace(cur.correctness, workers=grading_workers))
         self.cur, self.tokenizer = cur, tokenizer
-        self.row_checks, self.grader, self.decontaminator, _, self.flaggers = build_components(cur, benchmarks_dir)
+        # benchmarks_dir None: the decontaminator given, built once by the Ray driver
+        self.row_checks, self.grader, self.decontaminator, _, self.flaggers = build_components(
+            cur, benchmarks_dir, decontaminator=decontaminator)
         self.judge, self._cache = build_judge(cur, self.grader, judge_cache)
 
     def __call__(self, frame: pl.DataFrame, progress: StepProgress | None = None):

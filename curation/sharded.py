@@ -14,11 +14,13 @@ Peak memory is then one shard plus about 0.5 KB per distinct response, whatever 
 The outputs are ``kept.parquet`` / ``rejected.parquet`` when the source is one shard, else folders
 of the same names holding ``part-00000.parquet``, ...: ``polars.read_parquet`` (and so every later
 stage) reads both the same way. Which executor checks the shards (here, or Ray workers:
-``curation.ray_executor``) changes nothing in the outputs.
+``curation.ray_executor``, with dedup then decided as group-bys on the cluster:
+``curation.ray_dedup``, memory following the duplicates) changes nothing in the outputs.
 """
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -87,9 +89,15 @@ def curate_source(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, out_d
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mixdistill-curate-", dir=work_dir) as tmp:
         spill = Path(tmp)
-        shingles = DiskShingles(spill / "shingles.bin")
-        resolver = DuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm,
-                                     shingles=shingles)
+        if executor == "ray":       # dedup as group-bys on the cluster: the sketches go to its object store
+            from curation.ray_dedup import RayDuplicateResolver
+
+            shingles = None
+            resolver = RayDuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm)
+        else:
+            shingles = DiskShingles(spill / "shingles.bin")
+            resolver = DuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm,
+                                         shingles=shingles)
         spilled, extras, flags, offset = [], [], [], 0
         try:
             for k, (checked, extra, flags, shard_timings) in enumerate(shards):
@@ -111,8 +119,14 @@ def curate_source(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, out_d
             t = time.perf_counter()
             resolution = resolver.resolve()
             timings["dedup"] = timings.get("dedup", 0.0) + time.perf_counter() - t
+            if getattr(resolver, "stats", None):
+                st = resolver.stats
+                print(f"{label} dedup on Ray: {st['texts']} distinct texts, {st['texts_with_copies']} with exact "
+                      f"copies, {st['in_components']} in near-duplicate components, {st['near']} dropped as near "
+                      f"duplicates, in {st['seconds']:.1f} s", file=sys.stderr, flush=True)
         finally:
-            shingles.close()
+            if shingles is not None:
+                shingles.close()
         return _write_outputs(spilled, extras, flags, resolution, out_dir, timings)
 
 

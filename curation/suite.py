@@ -23,21 +23,28 @@ from grading.grader import Grader
 from grading.judge import JudgeGrader, VerdictCache, judge_from_spec
 
 
-def build_components(cur, benchmarks_dir: Path):
-    """The check suite configured by the ``curate`` params section."""
-    row_checks = default_checks(cur)
-    length = next(c for c in row_checks if isinstance(c, LengthCheck))
-    flaggers = [lambda f: {"over_cutoff": length.flags(f)}]
-    grader = Grader(timeout_s=cur.correctness.timeout_s, workers=cur.correctness.workers,
-                    rules=cur.correctness.rules) \
-        if cur.correctness.enabled else None
+def build_decontaminator(cur, benchmarks_dir: Path) -> Decontaminator | None:
+    """The n-gram index of every benchmark ``curate.decontam.benchmarks`` names (None for none)."""
     bench_texts = {}
     for name in cur.decontam.benchmarks:
         path = benchmarks_dir / f"{name}.parquet"
         if not path.exists():
             raise SourceError(f"{path}: benchmark '{name}' for decontamination not found; run the problems stage")
         bench_texts[name] = read_parquet(path)["problem"].to_list()
-    decontaminator = Decontaminator(bench_texts, ngram=cur.decontam.ngram) if bench_texts else None
+    return Decontaminator(bench_texts, ngram=cur.decontam.ngram) if bench_texts else None
+
+
+def build_components(cur, benchmarks_dir: Path | None, *, decontaminator: Decontaminator | None = None):
+    """The check suite configured by the ``curate`` params section. With ``benchmarks_dir`` None,
+    ``decontaminator`` is the one built elsewhere (once on a Ray driver, then broadcast)."""
+    row_checks = default_checks(cur)
+    length = next(c for c in row_checks if isinstance(c, LengthCheck))
+    flaggers = [lambda f: {"over_cutoff": length.flags(f)}]
+    grader = Grader(timeout_s=cur.correctness.timeout_s, workers=cur.correctness.workers,
+                    rules=cur.correctness.rules) \
+        if cur.correctness.enabled else None
+    if benchmarks_dir is not None:
+        decontaminator = build_decontaminator(cur, benchmarks_dir)
 
     def dedup(frame, prefer):
         return duplicate_reasons(frame, prefer, near_threshold=cur.dedup.near_threshold,
