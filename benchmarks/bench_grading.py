@@ -23,6 +23,9 @@ The graders:
   MATH string normalisation (re-implemented here from its published description: units, spaces,
   ``\\left``/``\\right``, ``dfrac``, ``0.5`` as ``\\frac{1}{2}``, a short ``x =`` prefix, ...).
 
+``where_time_goes`` then times, in fresh processes, the pairs the fast path and cache leave to
+math-verify: as this grader calls it (cold, then warm), and plain math-verify on the same pairs.
+
 Writes benchmarks/results/grading.json.
 """
 from __future__ import annotations
@@ -148,6 +151,53 @@ def plain_in_fresh_process(pairs: list[tuple[str, str]], timeout: int) -> dict:
     return out
 
 
+def where_time_goes(pairs: list[tuple[str, str]], timeout: int) -> dict:
+    """The pairs this grader's fast path and cache leave to math-verify, timed three ways in fresh
+    processes: as the grader calls math-verify (extracted answer, reference variants, response
+    tail), cold, then again in the same process with the parse caches emptied (only ANTLR's
+    learned prediction tables left warm); and plain math-verify on the same pairs' full
+    responses, cold. The first against the third is what a worker does per pair against what plain
+    does; the first against the second is what each worker pays to warm its parser."""
+    import subprocess
+    import tempfile
+
+    sent: list[tuple] = []
+    current: list[int] = [0]
+
+    def record(answer, variants, limit, tail):
+        sent.append((current[0], answer, list(variants), tail))
+        return False, "mismatch"
+
+    with Grader(workers=0, checker=record) as grader:
+        for i, (response, reference) in enumerate(pairs):
+            current[0] = i
+            grader.grade_many([response], [reference])
+    ours = ("import grading.equivalence as eq, math_verify.parser as mp; "
+            "items = json.load(open(sys.argv[1]))['items']; times = []\n"
+            "for _ in range(2):\n"
+            "    eq._PARSED.clear(); mp.parse_latex_cached.cache_clear(); t = time.perf_counter()\n"
+            "    [eq.math_verify_check(a, tuple(v), None, tail) for _, a, v, tail in items]\n"
+            "    times.append(time.perf_counter() - t)\n"
+            "print(json.dumps({'cold_s': times[0], 'warm_s': times[1]}))")
+    plain = ("from bench_grading import plain_math_verify; d = json.load(open(sys.argv[1])); "
+             "t = time.perf_counter(); [plain_math_verify(r, g, d['timeout']) for r, g in d['pairs']]; "
+             "print(json.dumps({'cold_s': time.perf_counter() - t}))")
+    prelude = ("import json, logging, sys, time; sys.path[:0] = [sys.argv[2], sys.argv[3]]; "
+               "logging.getLogger('math_verify').setLevel(logging.CRITICAL); "
+               "logging.getLogger('latex2sympy2_extended').setLevel(logging.CRITICAL)\n")
+    here = Path(__file__).resolve().parent
+    out = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"items": sent, "pairs": [pairs[i] for i, *_ in sent], "timeout": timeout}, f)
+        f.flush()
+        for name, code in (("grader_math_verify", ours), ("plain_math_verify_same_pairs", plain)):
+            done = subprocess.run([sys.executable, "-c", prelude + code, f.name, str(here), str(ROOT)],
+                                  capture_output=True, text=True, check=True)
+            out[name] = {k: round(v, 2) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    out["pairs_to_math_verify"] = len(sent)
+    return out
+
+
 # ----------------------------------------------------------------------------- runs
 
 def run_all(pairs: list[tuple[str, str]], workers: int, timeout: float) -> dict[str, dict]:
@@ -237,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = champ_pairs(args.champ_pairs, args.seed)
     champ_runs = run_all(pairs, args.workers, args.timeout)
     cold = plain_in_fresh_process(pairs, int(args.timeout))
+    breakdown = where_time_goes(pairs, int(args.timeout))
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "settings": vars(args) | {"out": str(args.out)},
@@ -257,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                       "same_verdicts": cold["verdicts"] == champ_runs[
                                                           "plain_math_verify"]["verdicts"]},
                   "speedup_vs_plain_fresh_process": round(champ_runs["mixdistill"]["pairs_per_s"]
-                                                          / cold["pairs_per_s"], 2)},
+                                                          / cold["pairs_per_s"], 2),
+                  "where_time_goes": breakdown},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
