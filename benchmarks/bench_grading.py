@@ -126,26 +126,37 @@ def plain_math_verify(response: str, reference: str, timeout: int) -> bool:
         return False
 
 
+# A fresh Python that reads its input from the JSON file named by argv[1], with this folder and
+# the project on its path, math-verify imported (not timed) and its logging quiet; it prints one
+# JSON line.
+_FRESH_PRELUDE = ("import json, logging, sys, time, math_verify; sys.path[:0] = [sys.argv[2], sys.argv[3]]; "
+                  "logging.getLogger('math_verify').setLevel(logging.CRITICAL); "
+                  "logging.getLogger('latex2sympy2_extended').setLevel(logging.CRITICAL); "
+                  "d = json.load(open(sys.argv[1]))\n")
+
+
+def in_fresh_process(code: str, data: dict) -> dict:
+    """Run ``code`` (after ``_FRESH_PRELUDE``, ``data`` as ``d``) in a new Python; its JSON line."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(data, f)
+        f.flush()
+        done = subprocess.run([sys.executable, "-c", _FRESH_PRELUDE + code, f.name,
+                               str(Path(__file__).resolve().parent), str(ROOT)],
+                              capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def plain_in_fresh_process(pairs: list[tuple[str, str]], timeout: int) -> dict:
     """`plain_math_verify` over ``pairs`` in a new Python process: no parse the benchmark made
     before has warmed its parser (math-verify's ANTLR parser learns its prediction tables as it
     goes, so a process that graded the corpus first reads the CHAMP pairs faster)."""
-    import subprocess
-    import tempfile
-
-    code = ("import json, logging, sys, time; sys.path.insert(0, sys.argv[2]); "
-            "logging.getLogger('math_verify').setLevel(logging.CRITICAL); "
-            "logging.getLogger('latex2sympy2_extended').setLevel(logging.CRITICAL); "
-            "from bench_grading import plain_math_verify; import math_verify; "
-            "pairs = json.load(open(sys.argv[1])); t = time.perf_counter(); "
-            f"v = [plain_math_verify(r, g, {timeout}) for r, g in pairs]; "
+    code = ("from bench_grading import plain_math_verify; t = time.perf_counter(); "
+            "v = [plain_math_verify(r, g, d['timeout']) for r, g in d['pairs']]; "
             "print(json.dumps({'seconds': time.perf_counter() - t, 'verdicts': v}))")
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(pairs, f)
-        f.flush()
-        done = subprocess.run([sys.executable, "-c", code, f.name, str(Path(__file__).resolve().parent)],
-                              capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = in_fresh_process(code, {"pairs": pairs, "timeout": timeout})
     out["pairs_per_s"] = round(len(pairs) / out["seconds"], 1)
     out["seconds"] = round(out["seconds"], 2)
     return out
@@ -158,9 +169,6 @@ def where_time_goes(pairs: list[tuple[str, str]], timeout: int) -> dict:
     learned prediction tables left warm); and plain math-verify on the same pairs' full
     responses, cold. The first against the third is what a worker does per pair against what plain
     does; the first against the second is what each worker pays to warm its parser."""
-    import subprocess
-    import tempfile
-
     sent: list[tuple] = []
     current: list[int] = [0]
 
@@ -172,28 +180,18 @@ def where_time_goes(pairs: list[tuple[str, str]], timeout: int) -> dict:
         for i, (response, reference) in enumerate(pairs):
             current[0] = i
             grader.grade_many([response], [reference])
-    ours = ("import grading.equivalence as eq, math_verify.parser as mp; "
-            "items = json.load(open(sys.argv[1]))['items']; times = []\n"
+    ours = ("import grading.equivalence as eq, math_verify.parser as mp; times = []\n"
             "for _ in range(2):\n"
             "    eq._PARSED.clear(); mp.parse_latex_cached.cache_clear(); t = time.perf_counter()\n"
-            "    [eq.math_verify_check(a, tuple(v), None, tail) for _, a, v, tail in items]\n"
+            "    [eq.math_verify_check(a, tuple(v), None, tail) for _, a, v, tail in d['items']]\n"
             "    times.append(time.perf_counter() - t)\n"
             "print(json.dumps({'cold_s': times[0], 'warm_s': times[1]}))")
-    plain = ("from bench_grading import plain_math_verify; d = json.load(open(sys.argv[1])); "
-             "t = time.perf_counter(); [plain_math_verify(r, g, d['timeout']) for r, g in d['pairs']]; "
+    plain = ("from bench_grading import plain_math_verify; t = time.perf_counter(); "
+             "[plain_math_verify(r, g, d['timeout']) for r, g in d['pairs']]; "
              "print(json.dumps({'cold_s': time.perf_counter() - t}))")
-    prelude = ("import json, logging, sys, time; sys.path[:0] = [sys.argv[2], sys.argv[3]]; "
-               "logging.getLogger('math_verify').setLevel(logging.CRITICAL); "
-               "logging.getLogger('latex2sympy2_extended').setLevel(logging.CRITICAL)\n")
-    here = Path(__file__).resolve().parent
-    out = {}
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump({"items": sent, "pairs": [pairs[i] for i, *_ in sent], "timeout": timeout}, f)
-        f.flush()
-        for name, code in (("grader_math_verify", ours), ("plain_math_verify_same_pairs", plain)):
-            done = subprocess.run([sys.executable, "-c", prelude + code, f.name, str(here), str(ROOT)],
-                                  capture_output=True, text=True, check=True)
-            out[name] = {k: round(v, 2) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    data = {"items": sent, "pairs": [pairs[i] for i, *_ in sent], "timeout": timeout}
+    out = {name: {k: round(v, 2) for k, v in in_fresh_process(code, data).items()}
+           for name, code in (("grader_math_verify", ours), ("plain_math_verify_same_pairs", plain))}
     out["pairs_to_math_verify"] = len(sent)
     return out
 

@@ -22,6 +22,7 @@ the greedy pass is the local one, so every row gets the reason the local resolve
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import numpy as np
@@ -33,7 +34,6 @@ from curation.dedup import band_keys, band_layout, greedy_component
 def _band_rows(batch, bands: list, num_perm: int):
     """One row per (text with shingles, band): the band's 128-bit key as two uint64 lanes."""
     import pyarrow as pa
-
     import pyarrow.compute as pc
 
     batch = batch.filter(pc.greater(pc.binary_length(batch["sig"]), 0))   # texts without shingles take no part
@@ -128,8 +128,8 @@ class RayDuplicateResolver:
     """``add`` each shard's sketch as it is checked, then ``resolve`` on the cluster (see the
     module docstring). Needs a connected Ray (``curation.ray_executor`` connects it)."""
 
-    def __init__(self, *, near_threshold: float = 0.85, num_perm: int = 128):
-        self.near_threshold, self.num_perm = near_threshold, num_perm
+    def __init__(self, *, near_threshold: float = 0.85, num_perm: int = 128, label: str = "curate"):
+        self.near_threshold, self.num_perm, self.label = near_threshold, num_perm, label
         self.bands = band_layout(near_threshold, num_perm)
         self._refs: list = []
         self.stats: dict = {}
@@ -154,9 +154,8 @@ class RayDuplicateResolver:
         import ray.data
         from ray.data.aggregate import Count, Min
 
-        empty = RayResolution(_digest_array([]), np.zeros(0, np.int64), _digest_array([]))
         if not self._refs:
-            return empty
+            return RayResolution(_digest_array([]), np.zeros(0, np.int64), _digest_array([]))
         started = time.perf_counter()
         # Ray Data logs three INFO lines per dataset it runs (six here); the stage prints one line
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -173,12 +172,13 @@ class RayDuplicateResolver:
         ).materialize()
         shared = _collect(band_rows.groupby(["band", "k0", "k1"], num_partitions=parts).aggregate(
             Count(alias_name="texts")).filter(expr="texts > 1"), ("band", "k0", "k1"))
-        hot = set(zip(*(shared[c].tolist() for c in ("band", "k0", "k1"))))
+        hot = set(zip(shared["band"], shared["k0"], shared["k1"]))
         links = _collect(band_rows.map_batches(_rows_with_keys, batch_format="pyarrow", fn_kwargs={"keys": hot}),
                          ("band", "k0", "k1", "digest")) if hot else {}
         components = _UnionFind()
         first_by_key: dict[tuple, bytes] = {}
-        for key, digest in zip(zip(*(links[c].tolist() for c in ("band", "k0", "k1"))), links.get("digest", [])):
+        for key, digest in zip(zip(links.get("band", []), links.get("k0", []), links.get("k1", [])),
+                               links.get("digest", [])):
             components.union(first_by_key.setdefault(key, digest), digest)
         label = {d: components.find(d) for d in list(components.parent)}
         near_digests: list[bytes] = []
@@ -187,22 +187,26 @@ class RayDuplicateResolver:
             near_digests = _collect(members.groupby("component", num_partitions=parts).map_groups(
                 _greedy, batch_format="pyarrow",
                 fn_kwargs={"near_threshold": self.near_threshold, "bands": self.bands, "num_perm": self.num_perm}),
-                ("digest",))["digest"].tolist()
+                ("digest",))["digest"]
         self._refs = []
         self.stats = {"texts": texts.count(), "texts_with_copies": len(dup["digest"]),
                       "in_components": len(label), "near": len(near_digests),
                       "seconds": round(time.perf_counter() - started, 2)}
-        return RayResolution(_digest_array(dup["digest"].tolist()), np.asarray(dup["best"], dtype=np.int64),
+        st = self.stats
+        print(f"{self.label} dedup on Ray: {st['texts']} distinct texts, {st['texts_with_copies']} with exact "
+              f"copies, {st['in_components']} in near-duplicate components, {st['near']} dropped as near "
+              f"duplicates, in {st['seconds']:.1f} s", file=sys.stderr, flush=True)
+        return RayResolution(_digest_array(dup["digest"]), np.asarray(dup["best"], dtype=np.int64),
                              _digest_array(near_digests))
 
 
-def _collect(ds, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _collect(ds, columns: tuple[str, ...]) -> dict[str, list]:
     """The named columns of a (small) dataset, on the driver."""
     import pyarrow as pa
     import ray
 
     tables = [t for t in ray.get(ds.select_columns(list(columns)).to_arrow_refs()) if t.num_rows]
     if not tables:
-        return {c: np.array([], dtype=object) for c in columns}
+        return {c: [] for c in columns}
     table = pa.concat_tables(tables)
-    return {c: np.array(table[c].to_pylist(), dtype=object) for c in columns}
+    return {c: table[c].to_pylist() for c in columns}

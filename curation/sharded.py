@@ -20,7 +20,6 @@ stage) reads both the same way. Which executor checks the shards (here, or Ray w
 from __future__ import annotations
 
 import math
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -93,7 +92,8 @@ def curate_source(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, out_d
             from curation.ray_dedup import RayDuplicateResolver
 
             shingles = None
-            resolver = RayDuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm)
+            resolver = RayDuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm,
+                                            label=label)
         else:
             shingles = DiskShingles(spill / "shingles.bin")
             resolver = DuplicateResolver(near_threshold=cur.dedup.near_threshold, num_perm=cur.dedup.num_perm,
@@ -119,11 +119,6 @@ def curate_source(traces_path: Path, cur, tokenizer, benchmarks_dir: Path, out_d
             t = time.perf_counter()
             resolution = resolver.resolve()
             timings["dedup"] = timings.get("dedup", 0.0) + time.perf_counter() - t
-            if getattr(resolver, "stats", None):
-                st = resolver.stats
-                print(f"{label} dedup on Ray: {st['texts']} distinct texts, {st['texts_with_copies']} with exact "
-                      f"copies, {st['in_components']} in near-duplicate components, {st['near']} dropped as near "
-                      f"duplicates, in {st['seconds']:.1f} s", file=sys.stderr, flush=True)
         finally:
             if shingles is not None:
                 shingles.close()

@@ -15,16 +15,6 @@ ray = pytest.importorskip("ray")
 from curation.ray_dedup import RayDuplicateResolver, RayResolution, _digest_array  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 WORDS = "the sum of two odd numbers is even so we add one and divide by three to get the answer".split()
 
 
