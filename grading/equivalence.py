@@ -6,10 +6,8 @@ Everything else goes to math-verify (run in worker processes by :mod:`grading.gr
 "equal" is then re-checked exactly where both sides are exact numbers (its float comparison
 calls 1/2004! equal to 1/2006!).
 
-Inside math-verify, the one costly step, ``simplify(gold - pred)``, is skipped where its answer is
-already known: when ``gold - pred`` takes an exact non-zero rational value at one point (each
-free symbol given a value its assumptions allow), it is not identically zero, so simplify cannot
-show it zero. Every other step, and every undecided pair, is math-verify's own.
+Inside math-verify, steps whose outcome is already known are skipped (:mod:`grading.shortcuts`):
+the verdict is math-verify's own on every pair.
 """
 
 from __future__ import annotations
@@ -17,10 +15,10 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from contextlib import contextmanager
 
 from grading.answers import _expand_tuple_assignment, _replace_call, normalize_answer
 from grading.rules import within_tolerance
+from grading.shortcuts import math_verify_shortcuts
 
 _NUMERAL_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -111,96 +109,6 @@ def _exactly_unequal(gold, target) -> bool:
         return False
 
 
-# Points at which `gold - pred` is evaluated exactly: small primes, then the same over 3 (for
-# symbols a prime would not tell apart, and for symbols an integer value does not fit).
-_POINT_SETS = ((7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47),
-               tuple(f"{p}/3" for p in (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47)))
-
-
-def _fits(symbol, value) -> bool:
-    """The value satisfies every assumption the symbol carries (real, integer, positive, ...)."""
-    return all(getattr(value, f"is_{key}", None) is flag for key, flag in symbol.assumptions0.items())
-
-
-def differs_at_a_point(a, b) -> bool:
-    """True when ``a - b`` is shown not identically zero by one exact evaluation: at some point
-    (each free symbol a value its assumptions allow) it is a non-zero rational. False means no
-    such proof, not equality. Expressions with integrals, limits or derivatives are not tried."""
-    from sympy import Derivative, Expr, Integral, Limit, Rational, Symbol
-
-    if not (isinstance(a, Expr) and isinstance(b, Expr)) or isinstance(a, Symbol) or isinstance(b, Symbol):
-        return False
-    diff = a - b
-    if diff.has(Integral, Limit, Derivative):
-        return False
-    symbols = sorted(diff.free_symbols, key=str)
-    if len(symbols) > len(_POINT_SETS[0]):
-        return False
-    for points in _POINT_SETS:
-        values = [Rational(p) for p in points[:len(symbols)]]
-        if not all(_fits(sym, val) for sym, val in zip(symbols, values)):
-            continue
-        point = dict(zip(symbols, values))
-        if not _cheap_at(diff, point):
-            return False                    # exact evaluation could take longer than simplify: leave it
-        try:
-            value = (diff.subs(point) if symbols else diff).doit()
-        except Exception:  # noqa: BLE001 - no proof at this point
-            continue
-        if value.is_Rational and value != 0:
-            return True
-        if not symbols:
-            break
-    return False
-
-
-# Beyond these, exact evaluation at a point can run for minutes (factorial(factorial(14)) has 10^12
-# digits): the argument of a factorial-like function, and a power's exponent, checked numerically.
-_MAX_FACTORIAL_ARG = 10_000
-_MAX_EXPONENT = 100_000
-
-
-def _cheap_at(expr, point: dict) -> bool:
-    """Whether evaluating ``expr`` exactly at ``point`` stays small: every factorial-like argument
-    and every exponent, evaluated in floating point there, is finite and below the limits."""
-    from sympy import Pow, binomial, factorial, factorial2, gamma, preorder_traversal, subfactorial
-    from sympy.functions.combinatorial.factorials import FallingFactorial, RisingFactorial
-
-    def size(e) -> float:
-        v = complex(e.evalf(15, subs=point)) if point else complex(e.evalf(15))
-        return abs(v) if math.isfinite(abs(v)) else math.inf
-
-    try:
-        for node in preorder_traversal(expr):
-            if isinstance(node, (factorial, factorial2, gamma, subfactorial, binomial, RisingFactorial,
-                                 FallingFactorial)):
-                if any(size(arg) > _MAX_FACTORIAL_ARG for arg in node.args):
-                    return False
-            elif isinstance(node, Pow) and size(node.exp) > _MAX_EXPONENT:
-                return False
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return True
-
-
-@contextmanager
-def _symbolic_shortcut():
-    """math-verify with its simplify step skipped where `differs_at_a_point` settles it. Scoped to
-    our calls (the name is looked up at call time), so other users of math-verify see it unchanged."""
-    import math_verify.grader as mv
-
-    original = mv.sympy_symbolic_eq
-
-    def symbolic_eq(a, b):
-        return False if differs_at_a_point(a, b) else original(a, b)
-
-    mv.sympy_symbolic_eq = symbolic_eq
-    try:
-        yield
-    finally:
-        mv.sympy_symbolic_eq = original
-
-
 def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: int | None,
                       tail: str | None = None, *, ordered_lists: bool = False,
                       rel_tolerance: float | None = None) -> tuple[bool, str]:
@@ -253,7 +161,7 @@ def math_verify_check(answer: str | None, variants: tuple[str, ...], timeout: in
                     pass
         return False
 
-    with _symbolic_shortcut():
+    with math_verify_shortcuts():
         unnamed = _NAMES_RE.sub("", answer) if answer is not None else None
         golds = [parsed(variant) for variant in variants]
         if answer is not None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from common.params import ParamsError, build
-from grading.equivalence import differs_at_a_point, fast_verdict
+from grading.equivalence import fast_verdict
 from grading.grader import Grader
 from grading.rules import HouseRules, apply_decimal_comma, within_tolerance
+from grading.shortcuts import differs_at_a_point
 
 CASES = {c["id"]: c for c in map(json.loads, (Path(__file__).parent / "data" / "public_cases.jsonl")
                                   .read_text().splitlines()) if c}
