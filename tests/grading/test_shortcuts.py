@@ -114,9 +114,12 @@ def test_the_set_shortcut_answers_only_sets_that_cannot_be_equal():
 def test_verdicts_are_math_verifys_own_with_and_without_the_shortcuts(answer, reference, monkeypatch):
     import contextlib
 
+    from math_verify.parser import parse_latex_cached
+
     import grading.equivalence as eq
 
     with_shortcuts = math_verify_check(answer, (reference,), None)
-    eq._PARSED.clear()
+    eq._PARSED.clear()                  # both parse caches, so the second run parses without them too
+    parse_latex_cached.cache_clear()
     monkeypatch.setattr(eq, "math_verify_shortcuts", contextlib.nullcontext)
     assert math_verify_check(answer, (reference,), None) == with_shortcuts
